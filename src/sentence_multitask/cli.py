@@ -1,0 +1,163 @@
+"""`sentence-multitask` command line: train, evaluate, predict, embed.
+
+Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+COMMANDS = ("train", "evaluate", "predict", "embed")
+
+
+def read_texts(args) -> list[str]:
+    """Texts from arguments, else from --file (one per line, or JSON Lines with --text_column), else stdin."""
+    if args.texts and args.file:
+        raise SystemExit("error: give texts as arguments or with --file, not both.")
+    if args.texts:
+        return list(args.texts)
+    if args.file:
+        if args.file != "-" and not os.path.isfile(args.file):
+            raise SystemExit(f"error: {args.file}: no such file.")
+        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        with handle:
+            lines = handle.read().splitlines()
+        return _texts_from_lines(lines, args.file, args.text_column)
+    if sys.stdin.isatty():
+        raise SystemExit("error: no texts: pass them as arguments, with --file PATH, or on standard input.")
+    return _texts_from_lines(sys.stdin.read().splitlines(), "<stdin>", args.text_column)
+
+
+def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str]:
+    if name.endswith(".jsonl"):
+        texts = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)[text_column])
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise SystemExit(f"error: {name}, line {number}: no {text_column!r} in a JSON object ({error}).")
+        return texts
+    return lines
+
+
+def load_model(path: str, args):
+    import torch
+    from transformers import AutoModel
+
+    if not os.path.isdir(path) and os.path.exists(path):
+        raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device)
+
+
+def write_jsonl(rows) -> None:
+    out = sys.stdout
+    for row in rows:
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def cmd_predict(args) -> int:
+    texts = read_texts(args)
+    model = load_model(args.model, args)
+    results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.all_scores)
+    write_jsonl({"text": text, **result} for text, result in zip(texts, results))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    texts = read_texts(args)
+    if args.model:
+        model = load_model(args.model, args)
+    else:
+        from . import REFERENCE_TASKS, SentenceMultiTaskModel
+
+        model = SentenceMultiTaskModel.from_encoder(tasks=REFERENCE_TASKS)  # heads unused for embeddings
+    embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
+    write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_model, format_table
+
+    model = load_model(args.model, args)
+    report = evaluate_model(model, args.data, text_column=args.text_column, label_columns=args.label_columns,
+                            batch_size=args.batch_size)
+    print(format_table(report))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from .training import main as train_main
+
+    train_main(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentence-multitask",
+        description="Multi-task sentence models on Hugging Face Transformers: train, evaluate, predict, embed.",
+        epilog="`sentence-multitask train --help` lists every training option (all Trainer flags work).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def inference(name, help_text):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("texts", nargs="*", help="Texts (default: --file, else one per line on standard input).")
+        sub.add_argument("--file", help="Text file, one text per line, or .jsonl with --text_column; - for stdin.")
+        sub.add_argument("--text_column", "--text-column", default="text", help="Text key of .jsonl input.")
+        sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
+        sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+        sub.add_argument("--threads", type=int, help="CPU threads (default: torch's choice).")
+        return sub
+
+    sub = inference("predict", "Every task's label and score per text, as JSON Lines.")
+    sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
+    sub.add_argument("--all_scores", "--all-scores", action="store_true", help="Add every label's probability.")
+    sub.set_defaults(run=cmd_predict)
+
+    sub = inference("embed", "Sentence embeddings per text, as JSON Lines.")
+    sub.add_argument("--model", help="Saved model directory or Hub id (default: the default encoder).")
+    sub.add_argument("--no_normalize", "--no-normalize", action="store_true", help="Do not L2-normalise.")
+    sub.set_defaults(run=cmd_embed)
+
+    sub = commands.add_parser("evaluate", help="Metrics of a saved model on labelled files (table and JSON).")
+    sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
+    sub.add_argument("--data", required=True, nargs="+", help="Labelled files: PATH or TASK=PATH (as for train).")
+    sub.add_argument("--text_column", "--text-column", default="text")
+    sub.add_argument("--label_columns", "--label-columns", nargs="*", help="TASK=COLUMN per task.")
+    sub.add_argument("--output", help="Also write the JSON report to this file.")
+    sub.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    sub.add_argument("--device")
+    sub.add_argument("--threads", type=int)
+    sub.set_defaults(run=cmd_evaluate)
+
+    commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return cmd_train(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

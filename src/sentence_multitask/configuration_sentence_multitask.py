@@ -1,0 +1,135 @@
+"""Configuration of the multi-task sentence model.
+
+This file travels with every saved model and is executed by ``trust_remote_code``: it imports only
+transformers (and the standard library).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_MODES = ("mean", "cls", "max")
+
+
+class SentenceMultiTaskConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SentenceMultiTaskModel`]: one encoder, a pooling step, one small MLP head per task.
+
+    Args:
+        encoder (`PretrainedConfig` or `dict`, *optional*):
+            Configuration of the encoder (any model `AutoModel.from_config` can build). A dict needs a `model_type`;
+            defaults to a BERT configuration.
+        tasks (`dict[str, list[str]]`):
+            Ordered mapping of task name to its ordered label names, e.g.
+            `{"topic": ["sports", "health", ...], "sentiment": ["negative", "neutral", "positive"]}`. Every task needs
+            at least two distinct, non-empty labels. Task names must be non-empty and may not contain a dot.
+        head_hidden_size (`int`, *optional*):
+            Width of each head's hidden layer; defaults to half the encoder's hidden size.
+        head_dropout (`float`, *optional*, defaults to 0.1):
+            Dropout between the two linear layers of each head.
+        pooling (`str`, *optional*, defaults to `"mean"`):
+            How token states become one sentence embedding: `"mean"` (over the attention mask), `"cls"` (first
+            token) or `"max"` (over the attention mask).
+        task_weights (`dict[str, float]`, *optional*):
+            Weight of each task's cross-entropy in the loss; missing tasks weigh 1.0.
+        max_length (`int`, *optional*, defaults to 256):
+            Number of tokens a text is truncated to by `encode` and `predict`.
+
+    Example:
+
+    ```python
+    >>> from sentence_multitask import SentenceMultiTaskConfig
+    >>> config = SentenceMultiTaskConfig(tasks={"sentiment": ["negative", "neutral", "positive"]})
+    >>> config.num_labels_per_task
+    {'sentiment': 3}
+    ```
+    """
+
+    model_type = "sentence-multitask"
+    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    # The Trainer gathers everything the model returns except these at evaluation time.
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["embeddings"]
+
+    encoder: PretrainedConfig | dict | None = None
+    tasks: dict | None = None
+    head_hidden_size: int | None = None
+    head_dropout: float = 0.1
+    pooling: str = "mean"
+    task_weights: dict | None = None
+    max_length: int = 256
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tasks = _check_tasks(self.tasks or {})
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"Unknown pooling mode {self.pooling!r}: use one of {', '.join(POOLING_MODES)}.")
+        if not 0.0 <= float(self.head_dropout) < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}.")
+        if self.head_hidden_size is not None and int(self.head_hidden_size) < 1:
+            raise ValueError(f"head_hidden_size must be a positive integer, got {self.head_hidden_size}.")
+        if int(self.max_length) < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}.")
+        weights = dict(self.task_weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"task_weights names unknown task(s) {unknown}; the tasks are {list(self.tasks)}.")
+        for task, weight in weights.items():
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise ValueError(f"task_weights[{task!r}] must be a non-negative number, got {weight!r}.")
+        self.task_weights = weights or None
+        # Lets `pipeline(model=dir, trust_remote_code=True)` find the pipeline saved with the model.
+        self.custom_pipelines = {
+            "sentence-multitask": {
+                "impl": "modeling_sentence_multitask.SentenceMultiTaskPipeline",
+                "pt": ["AutoModel"],
+                "type": "text",
+            }
+        }
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size
+
+    @property
+    def head_size(self) -> int:
+        return int(self.head_hidden_size or max(1, self.encoder.hidden_size // 2))
+
+    @property
+    def num_labels_per_task(self) -> dict[str, int]:
+        return {task: len(labels) for task, labels in self.tasks.items()}
+
+    def task_weight(self, task: str) -> float:
+        return float((self.task_weights or {}).get(task, 1.0))
+
+
+def _check_tasks(tasks) -> dict[str, list[str]]:
+    if not isinstance(tasks, dict):
+        raise TypeError(
+            f"tasks must be a dict mapping task name to its label names, got {type(tasks).__name__}; "
+            'e.g. {"sentiment": ["negative", "neutral", "positive"]}.'
+        )
+    checked = {}
+    for task, labels in tasks.items():
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f"Task names must be non-empty strings, got {task!r}.")
+        if "." in task or task != task.strip():
+            raise ValueError(f"Task name {task!r} may not contain a dot or surrounding spaces; rename it.")
+        if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+            raise TypeError(f"Labels of task {task!r} must be a list of names, got {labels!r}.")
+        labels = list(labels)
+        if len(labels) < 2:
+            raise ValueError(f"Task {task!r} needs at least two labels, got {labels}.")
+        for label in labels:
+            if not isinstance(label, str) or not label.strip():
+                raise ValueError(f"Task {task!r} has an empty or non-string label {label!r}; labels are names.")
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"Task {task!r} lists label(s) {duplicates} more than once; each label must be unique.")
+        checked[task] = labels
+    return checked
+
+
+__all__ = ["SentenceMultiTaskConfig"]

