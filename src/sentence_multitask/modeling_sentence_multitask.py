@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -121,6 +122,7 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
             }
         )
         self._tokenizer = None
+        self._tokenizer_lock = threading.Lock()
         self.training_summary: dict[str, Any] = {}
         self.post_init()
         # The encoder builds its attention mask for the attention implementation its own config names; a passed-in
@@ -159,6 +161,17 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         model = cls(config, encoder=encoder)
         model._tokenizer = AutoTokenizer.from_pretrained(path)
         return model
+
+    def add_task(self, task: str, labels: Sequence[str]) -> None:
+        """Add a task with a freshly initialised head (e.g. to train it on top of an already trained encoder)."""
+        if task in self.config.tasks:
+            raise ValueError(f"Task {task!r} already exists with labels {self.config.tasks[task]}.")
+        tasks = {**self.config.tasks, task: list(labels)}
+        SentenceMultiTaskConfig(encoder=self.config.encoder, tasks=tasks)  # validates the new task
+        self.config.tasks = tasks
+        head = TaskHead(self.config.hidden_size, self.config.head_size, len(labels), self.config.head_dropout)
+        head.apply(self._init_weights)
+        self.heads[task] = head.to(device=self.device, dtype=self.dtype)
 
     @property
     def tokenizer(self):
@@ -233,18 +246,35 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
 
     # ------------------------------------------------------------------ inference
 
-    def _batches(self, texts: Sequence[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
-        """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
         max_length = int(max_length or self.config.max_length)
         limit = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(limit, int) and 0 < limit < max_length:
             max_length = limit
-        encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=max_length, return_attention_mask=False, verbose=False
-        )
-        ids = encoded["input_ids"]
+        # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
+        with self._tokenizer_lock:
+            # One token more than allowed tells which texts were cut, without a second full pass.
+            ids = self.tokenizer(texts, truncation=True, max_length=max_length + 1, return_attention_mask=False,
+                                 return_token_type_ids=False, verbose=False)["input_ids"]
+            cut = [i for i, row in enumerate(ids) if len(row) > max_length]
+            if cut:
+                redone = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length,
+                                        return_attention_mask=False, return_token_type_ids=False, verbose=False)
+                for i, row in zip(cut, redone["input_ids"]):
+                    ids[i] = row
+        if cut:
+            logger.warning(
+                f"{len(cut)} of {len(texts)} texts are longer than {max_length} tokens and were truncated "
+                "(set max_length to change the limit)."
+            )
+        return ids
+
+    def _batches(self, texts: list[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
+        """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        ids = self._tokenize(texts, max_length)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         pad_id = self.tokenizer.pad_token_id or 0
         device = self.device
@@ -254,31 +284,30 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
             positions = order[start : start + batch_size]
             width = len(ids[positions[0]])
-            input_ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(positions), width), dtype=torch.long)
-            for row, i in enumerate(positions):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                attention_mask[row, : len(ids[i])] = 1
-            yield positions, {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+            rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
+            mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
+            yield positions, {
+                "input_ids": torch.tensor(rows, dtype=torch.long, device=device),
+                "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+            }
 
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool):
         texts = check_texts(texts)
-        was_training = self.training
-        self.eval()
         embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
         logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
-        try:
-            with torch.inference_mode():
-                for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
-                    token_states = self.encoder(**inputs, return_dict=True).last_hidden_state
-                    pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
-                    index = torch.tensor(positions)
-                    embeddings[index] = pooled.float().cpu()
-                    if with_heads:
-                        for task, head in self.heads.items():
-                            logits[task][index] = head(pooled).float().cpu()
-        finally:
-            self.train(was_training)
+        if not texts:
+            return embeddings, logits
+        if self.training:
+            self.eval()  # inference never uses dropout; training code switches back with model.train()
+        with torch.inference_mode():
+            for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
+                token_states = self.encoder(**inputs, return_dict=True).last_hidden_state
+                pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
+                index = torch.tensor(positions)
+                embeddings[index] = pooled.float().cpu()
+                if with_heads:
+                    for task, head in self.heads.items():
+                        logits[task][index] = head(pooled).float().cpu()
         return embeddings, logits
 
     def encode(

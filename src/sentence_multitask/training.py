@@ -384,8 +384,8 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         logger.info("No --train_files given: training on the bundled demo set (%s).", train_file)
     label_spec = {task: [label.strip() for label in value.split(",") if label.strip()]
                   for task, value in parse_key_values(data_args.labels, "--labels").items()}
-    label_spec = {**(given_labels or {}), **label_spec}
     tasks = list(data_args.tasks or label_spec or [])
+    label_spec = {**(given_labels or {}), **label_spec}  # a saved model's label lists, unless given anew
     for spec in train_specs:
         tasks += [task for task in (spec.tasks or []) if task not in tasks]
     if not tasks:
@@ -636,11 +636,15 @@ class MultiTaskMetrics:
 def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_weights: dict[str, float] | None):
     if model_args.model_name_or_path:
         model = SentenceMultiTaskModel.from_pretrained(model_args.model_name_or_path)
-        if model.config.tasks != tasks:
-            raise ValueError(
-                f"{model_args.model_name_or_path} was trained for tasks {model.config.tasks}, but the data asks for "
-                f"{tasks}; train a new model with --encoder instead, or use the same labels."
-            )
+        for task, labels in tasks.items():
+            if task not in model.config.tasks:
+                logger.info("Adding task %r (labels %s) with a new head to %s", task, labels, model_args.model_name_or_path)
+                model.add_task(task, labels)
+            elif model.config.tasks[task] != labels:
+                raise ValueError(
+                    f"{model_args.model_name_or_path} has labels {model.config.tasks[task]} for task {task!r}, but the "
+                    f"data asks for {labels}; keep the model's labels (--labels {task}=...) or start from --encoder."
+                )
         return model
     return SentenceMultiTaskModel.from_encoder(
         model_args.encoder,
@@ -699,9 +703,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     tokenizer = AutoTokenizer.from_pretrained(source)
     given = None
     if model_args.model_name_or_path:
-        from transformers import AutoConfig
-
-        given = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True).tasks
+        given = SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path).tasks
     data = prepare_data(data_args, tokenizer, given)
     logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
 

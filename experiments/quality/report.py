@@ -1,0 +1,133 @@
+"""Tables (Markdown) and the limited-data plot (PNG) from results.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MAIN_ROWS = [
+    ("tfidf_logreg", "TF-IDF (1-2 grams) + logistic regression, per task"),
+    ("frozen_minilm_logreg", "frozen all-MiniLM-L6-v2 + logistic regression, per task"),
+    ("single_topic", "fine-tuned single-task model: topic"),
+    ("single_sentiment", "fine-tuned single-task model: sentiment"),
+    ("multitask", "**multi-task model (one encoder, both heads, one forward pass)**"),
+]
+FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
+METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"), ("sequential", "sequential (topic, then frozen encoder)"))
+
+
+def _cell(run, task, metric):
+    value = ((run or {}).get("metrics", {}).get(task) or {}).get(metric)
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def main_table(results: dict) -> str:
+    runs = results["runs"]
+    lines = [
+        "| model | topic acc | topic macro-F1 | sentiment macro-recall | sentiment macro-F1 | sentiment acc | train time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, name in MAIN_ROWS:
+        run = runs.get(key)
+        if run is None:
+            continue
+        lines.append(
+            f"| {name} | {_cell(run, 'topic', 'accuracy')} | {_cell(run, 'topic', 'macro_f1')} | "
+            f"{_cell(run, 'sentiment', 'macro_recall')} | {_cell(run, 'sentiment', 'macro_f1')} | "
+            f"{_cell(run, 'sentiment', 'accuracy')} | {run.get('seconds', 0):.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def per_class_table(results: dict) -> str:
+    lines = ["| model | task | per-class F1 |", "|---|---|---|"]
+    for key, name in MAIN_ROWS:
+        run = results["runs"].get(key)
+        for task, scores in (run or {}).get("metrics", {}).items():
+            per_class = ", ".join(f"{label} {value:.3f}" for label, value in scores["per_class_f1"].items())
+            lines.append(f"| {key} | {task} | {per_class} |")
+    return "\n".join(lines)
+
+
+def limited_table(results: dict) -> str:
+    runs = results["runs"]
+    lines = ["| sentiment data | method | sentiment macro-recall | topic accuracy |", "|---|---|---|---|"]
+    topic_single = runs.get("single_topic")
+    for fraction in FRACTIONS:
+        for method, name in METHODS:
+            run = runs.get(f"limited_{method}_{fraction}")
+            if run is None:
+                continue
+            topic = _cell(run, "topic", "accuracy")
+            if method == "sequential":
+                topic = _cell(topic_single, "topic", "accuracy") + " (phase 1, unchanged)"
+            lines.append(f"| {float(fraction):.0%} | {name} | {_cell(run, 'sentiment', 'macro_recall')} | {topic} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    runs = results["runs"]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for method, name in METHODS:
+        xs, recall, topic = [], [], []
+        for fraction in FRACTIONS:
+            run = runs.get(f"limited_{method}_{fraction}")
+            if run and "sentiment" in run["metrics"]:
+                xs.append(float(fraction) * 100)
+                recall.append(run["metrics"]["sentiment"]["macro_recall"])
+                source = runs.get("single_topic") if method == "sequential" else run
+                topic.append(((source or {}).get("metrics", {}).get("topic") or {}).get("accuracy"))
+        if xs:
+            axes[0].plot(xs, recall, marker="o", label=name)
+            if any(value is not None for value in topic):
+                axes[1].plot([x for x, t in zip(xs, topic) if t is not None], [t for t in topic if t is not None], marker="o", label=name)
+    for axis, title in zip(axes, ("Sentiment macro-recall (validation)", "Topic accuracy (validation)")):
+        axis.set_xscale("log")
+        axis.set_xlabel("share of sentiment training data (%)")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def write_report(out: Path) -> None:
+    results = json.loads((out / "results.json").read_text())
+    has_plot = plot(results, out / "limited_data.png")
+    text = [
+        "# Quality on real data",
+        "",
+        f"Hardware: {results.get('hardware', '?')}. Validation files of ../shared/data (topic: 1,440 HuffPost "
+        "headlines; sentiment: 2,000 TweetEval tweets).",
+        "",
+        "## Main table",
+        "",
+        main_table(results),
+        "",
+        "## Per-class F1",
+        "",
+        per_class_table(results),
+        "",
+        "## Limited sentiment data",
+        "",
+        limited_table(results),
+        "",
+    ]
+    if has_plot:
+        text += ["![limited-data study](limited_data.png)", ""]
+    (out / "results.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    write_report(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results")

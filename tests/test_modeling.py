@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+import torch
+
+from sentence_multitask import SentenceMultiTaskConfig, SentenceMultiTaskModel
+
+from .conftest import REFERENCE_TASKS, SENTENCES
+
+
+def varied_texts(n=64):
+    """Texts of very different lengths, from one word to several hundred tokens."""
+    words = ("market team vaccine school phone goal rally lesson chip budget river cloud music quiet storm "
+             "the a of and to in is it that for on with as was").split()
+    rng = np.random.default_rng(0)
+    texts = []
+    for i in range(n):
+        length = int(rng.choice([1, 3, 8, 20, 60, 150, 400]))
+        texts.append(" ".join(rng.choice(words, size=length)).capitalize() + ("?" if i % 3 else "."))
+    return texts
+
+
+def test_reference_cosine_similarities(minilm_model):
+    embeddings = minilm_model.encode(SENTENCES)
+    similarity = embeddings @ embeddings.T
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert similarity[0, 1] == pytest.approx(0.3761, abs=1e-4)
+    assert similarity[0, 2] == pytest.approx(0.0695, abs=1e-4)
+    assert similarity[2, 1] == pytest.approx(0.0219, abs=1e-4)
+
+
+def test_embeddings_match_sentence_transformers(minilm_model, minilm_path):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    texts = varied_texts()
+    reference = sentence_transformers.SentenceTransformer(minilm_path, device="cpu")
+    expected = reference.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+    ours = minilm_model.encode(texts, batch_size=16)
+    assert ours.shape == expected.shape == (64, 384)
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+def test_encode_options(minilm_model):
+    single = minilm_model.encode("One sentence.")
+    assert single.shape == (384,)
+    raw = minilm_model.encode(["One sentence."], normalize=False, convert_to="torch")
+    assert isinstance(raw, torch.Tensor) and raw.shape == (1, 384)
+    assert torch.allclose(torch.nn.functional.normalize(raw, dim=-1)[0], torch.from_numpy(single), atol=1e-6)
+    assert minilm_model.encode([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        {"spam": ["ham", "spam"]},
+        REFERENCE_TASKS,
+        {**REFERENCE_TASKS, "urgency": ["low", "high"]},
+    ],
+    ids=["one-task-two-labels", "two-tasks", "three-tasks"],
+)
+def test_any_number_of_tasks(tasks, tiny_encoder):
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=tasks)
+    texts = ["A very long sentence " * 20, "short", "a medium length sentence here", "x y"]
+    results = model.predict(texts, batch_size=2, return_all_scores=True)
+    assert len(results) == len(texts)
+    for result in results:
+        assert list(result) == list(tasks)
+        for task, labels in tasks.items():
+            assert result[task]["label"] in labels
+            assert list(result[task]["scores"]) == labels
+            assert sum(result[task]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert result[task]["score"] == max(result[task]["scores"].values())
+    output = model(**model.tokenizer(texts, padding=True, return_tensors="pt"))
+    assert set(output.logits) == set(tasks)
+    assert all(output.logits[task].shape == (4, len(labels)) for task, labels in tasks.items())
+
+
+def test_predict_keeps_input_order_for_unsorted_lengths(minilm_model):
+    texts = ["short one", "a " * 200 + "very long text about football", "mid length sentence about the economy",
+             "x", "another fairly long sentence " * 10]
+    batched = minilm_model.predict(texts, batch_size=2, return_all_scores=True)
+    one_by_one = [minilm_model.predict(text, return_all_scores=True) for text in texts]
+    for got, expected in zip(batched, one_by_one):
+        for task in REFERENCE_TASKS:
+            assert got[task]["label"] == expected[task]["label"]
+            assert got[task]["score"] == pytest.approx(expected[task]["score"], abs=1e-5)
+    embeddings = minilm_model.encode(texts, batch_size=2)
+    singles = np.stack([minilm_model.encode(text) for text in texts])
+    assert np.abs(embeddings - singles).max() < 1e-5
+
+
+def test_loss_matches_hand_computation_with_partial_labels(tiny_encoder):
+    torch.manual_seed(0)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS, task_weights={"sentiment": 0.5})
+    model.eval()
+    inputs = model.tokenizer(["a", "b c", "d e f", "g"], padding=True, return_tensors="pt")
+    labels = {"topic": torch.tensor([0, -100, 5, 2]), "sentiment": torch.tensor([-100, -100, 1, -100])}
+    output = model(**inputs, labels=labels)
+    topic, sentiment = output.logits["topic"], output.logits["sentiment"]
+
+    def cross_entropy(logits, targets):
+        log_probs = logits.log_softmax(-1)
+        return -torch.stack([log_probs[i, t] for i, t in targets]).mean()
+
+    expected = cross_entropy(topic, [(0, 0), (2, 5), (3, 2)]) + 0.5 * cross_entropy(sentiment, [(2, 1)])
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_loss_without_labels_for_a_task_is_finite_and_gradients_reach_everything(tiny_encoder):
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS)
+    inputs = model.tokenizer(["a b", "c"], padding=True, return_tensors="pt")
+    none = model(**inputs, labels={"topic": torch.tensor([-100, -100]), "sentiment": torch.tensor([-100, -100])}).loss
+    assert torch.isfinite(none) and none.item() == 0.0
+    none.backward()  # a gradient path exists even with no label at all
+    model.zero_grad()
+    loss = model(**inputs, labels={"topic": torch.tensor([1, -100]), "sentiment": torch.tensor([-100, 2])}).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name in ("heads.topic.dense.weight", "heads.sentiment.out_proj.weight", "encoder.embeddings.word_embeddings.weight",
+                 "encoder.encoder.layer.0.attention.self.query.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_labels_for_unknown_task_is_an_error(tiny_encoder):
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"t": ["a", "b"]})
+    inputs = model.tokenizer(["a"], return_tensors="pt")
+    with pytest.raises(ValueError, match="unknown task"):
+        model(**inputs, labels={"other": torch.tensor([0])})
+
+
+def test_from_encoder_loads_encoder_weights_once_and_inits_heads(minilm_path, minilm_model):
+    from safetensors.torch import load_file
+
+    saved = load_file(f"{minilm_path}/model.safetensors")
+    encoder_state = minilm_model.encoder.state_dict()
+    compared = 0
+    for name, tensor in saved.items():
+        key = name.removeprefix("bert.")
+        if key in encoder_state:
+            assert torch.equal(encoder_state[key], tensor), key
+            compared += 1
+    assert compared >= 100
+    assert not any(name.startswith("pooler") for name in encoder_state)  # the unused pooler is left out
+    head = minilm_model.heads["topic"].dense.weight
+    assert head.std().item() == pytest.approx(0.02, rel=0.2) and minilm_model.heads["topic"].dense.bias.abs().sum() == 0
+
+
+def test_save_writes_everything_and_reload_is_identical(tmp_path, minilm_model):
+    import json
+    import os
+
+    from transformers import AutoModel
+
+    minilm_model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "configuration_sentence_multitask.py", "modeling_sentence_multitask.py",
+            "tokenizer.json", "tokenizer_config.json", "README.md"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_sentence_multitask.SentenceMultiTaskModel"
+    assert config["auto_map"]["AutoConfig"] == "configuration_sentence_multitask.SentenceMultiTaskConfig"
+    assert "sentence-multitask" in config["custom_pipelines"]
+    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    for name, tensor in minilm_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert np.array_equal(loaded.encode(SENTENCES), minilm_model.encode(SENTENCES))
+
+
+def test_card_lists_labels_and_usage(tmp_path, minilm_model):
+    minilm_model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: transformers" in card
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+    assert "trust_remote_code=True" in card
+    assert "`sports`, `health`, `tech`, `finance`, `education`, `other`" in card
+
+
+def test_code_files_import_only_torch_transformers_and_each_other():
+    import ast
+    from pathlib import Path
+
+    import sentence_multitask
+
+    folder = Path(sentence_multitask.__file__).parent
+    allowed = {"torch", "transformers", "__future__", "collections", "dataclasses", "typing", "inspect", "os", "threading"}
+    for name in ("configuration_sentence_multitask.py", "modeling_sentence_multitask.py"):
+        tree = ast.parse((folder / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {"." if node.level else node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed | {"."}, f"{name} imports {roots}"
+
+
+def test_config_without_tasks_cannot_build_a_model():
+    with pytest.raises(ValueError, match="no tasks"):
+        SentenceMultiTaskModel(SentenceMultiTaskConfig())
