@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("train", "evaluate", "predict", "embed")
 
 
 def read_texts(args) -> list[str]:
@@ -47,15 +46,22 @@ def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str
 
 
 def load_model(path: str, args):
-    import torch
-    from transformers import AutoModel
-
     if not os.path.isdir(path) and os.path.exists(path):
         raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
+    if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
+        from .onnx import OnnxSentenceMultiTask
+
+        return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8", threads=args.threads)
+    import torch
+
+    from .modeling_sentence_multitask import SentenceMultiTaskModel
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = AutoModel.from_pretrained(path, trust_remote_code=True)
+    # The package's own class: same code as the model's remote code, without copying it into the modules cache.
+    model = SentenceMultiTaskModel.from_pretrained(path)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.inference_precision = getattr(args, "precision", None) or "fp32"
     return model.to(device)
 
 
@@ -82,6 +88,7 @@ def cmd_embed(args) -> int:
         from . import REFERENCE_TASKS, SentenceMultiTaskModel
 
         model = SentenceMultiTaskModel.from_encoder(tasks=REFERENCE_TASKS)  # heads unused for embeddings
+        model.inference_precision = args.precision
     embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
     return 0
@@ -98,6 +105,15 @@ def cmd_evaluate(args) -> int:
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
     print(json.dumps(report))
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from .onnx import export_onnx
+
+    args.device, args.backend = "cpu", "torch"
+    folder = export_onnx(load_model(args.model, args), args.output, quantize=args.quantize)
+    print(f"Exported to {folder}: {', '.join(sorted(os.listdir(folder)))}")
     return 0
 
 
@@ -124,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
         sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
         sub.add_argument("--threads", type=int, help="CPU threads (default: torch's choice).")
+        sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                         help="fp32 (exact), bf16 (CPUs with native bf16, GPUs), fp16 (GPU) or auto.")
+        sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
+                         help="onnx / onnx-int8 run MODEL/onnx/model[_quantized].onnx (see export-onnx).")
         return sub
 
     sub = inference("predict", "Every task's label and score per text, as JSON Lines.")
@@ -145,7 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch_size", "--batch-size", type=int, default=64)
     sub.add_argument("--device")
     sub.add_argument("--threads", type=int)
+    sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
+    sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
     sub.set_defaults(run=cmd_evaluate)
+
+    sub = commands.add_parser("export-onnx", help="Export encoder, pooling and heads as one ONNX graph.")
+    sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
+    sub.add_argument("--output", required=True, help="Directory for the model and its onnx/ folder.")
+    sub.add_argument("--quantize", action="store_true", help="Also write a dynamic int8 (per-channel) graph.")
+    sub.add_argument("--threads", type=int)
+    sub.set_defaults(run=cmd_export_onnx)
 
     commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).", add_help=False)
     return parser

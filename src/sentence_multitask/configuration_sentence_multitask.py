@@ -6,6 +6,7 @@ transformers (and the standard library).
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
@@ -88,6 +89,24 @@ class SentenceMultiTaskConfig(PretrainedConfig):
                 "type": "text",
             }
         }
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # Loading another model's config.json as ours would build a half-matching model: refuse it by name.
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:
+            raise ValueError(
+                f"config.json has model_type {found!r}, not {cls.model_type!r}: this is not a sentence-multitask "
+                "model. Load it with its own class, or fix model_type in config.json."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        # transformers sorts every key; the order of the tasks is part of the model (outputs, ONNX graph), keep it.
+        data = json.loads(super().to_json_string(use_diff))
+        if "tasks" in data:
+            data["tasks"] = dict(self.tasks)
+        return json.dumps(data, indent=2) + "\n"
 
     @property
     def hidden_size(self) -> int:

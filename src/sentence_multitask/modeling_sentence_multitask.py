@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, Pipeline, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
@@ -107,6 +107,8 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
     # the default encoder live. Loaded as remote code, the model writes no card and defaults to the Hub id.
     card_renderer: ClassVar[Callable[..., str] | None] = None
     default_encoder: ClassVar[str] = DEFAULT_ENCODER
+    # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
+    inference_precision: str = "fp32"
 
     def __init__(self, config: SentenceMultiTaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
@@ -130,6 +132,51 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         self.encoder.config._attn_implementation = self.config._attn_implementation or "sdpa"
 
     # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """
+        Load a saved model: safetensors weights only (a `pytorch_model.bin` is never unpickled), and every weight
+        must match the config, else an error names the file and the difference (no half-loaded model).
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("sentence-multitask models load from model.safetensors only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        want_info = kwargs.pop("output_loading_info", False)
+        source = str(pretrained_model_name_or_path)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except OSError as error:
+            raise OSError(
+                f"{source}: could not load the model's weights ({error}). A sentence-multitask model needs "
+                "config.json and model.safetensors side by side; save it again with save_pretrained."
+            ) from error
+        except Exception as error:
+            if "ignore_mismatched_sizes" in str(error):
+                raise ValueError(
+                    f"{source}/model.safetensors does not match {source}/config.json: some weights have another shape "
+                    "than the config describes (see the load report above), most likely a task's label list was "
+                    "changed. Restore the config.json saved with these weights."
+                ) from error
+            if type(error).__name__ == "SafetensorError" or "safetensors" in type(error).__module__:
+                raise OSError(
+                    f"{source}/model.safetensors is damaged or truncated ({error}); copy or save the model again."
+                ) from error
+            raise
+        problems = []
+        if info.get("missing_keys"):
+            problems.append(f"missing weights {sorted(info['missing_keys'])[:5]}")
+        if info.get("unexpected_keys"):
+            problems.append(f"weights the config does not describe {sorted(info['unexpected_keys'])[:5]}")
+        if info.get("mismatched_keys"):
+            problems.append(f"weights of the wrong shape {sorted(info['mismatched_keys'])[:5]}")
+        if problems:
+            raise ValueError(
+                f"{source}/model.safetensors does not match {source}/config.json: " + "; ".join(problems)
+                + ". The tasks or label lists in config.json probably differ from the ones the weights were trained "
+                "with; restore the config.json saved with these weights."
+            )
+        return (model, info) if want_info else model
 
     @classmethod
     def from_encoder(
@@ -291,15 +338,17 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
                 "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
             }
 
-    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool):
+    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         texts = check_texts(texts)
+        autocast_dtype = resolve_precision(precision or self.inference_precision, self.device)
         embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
         logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
         if not texts:
             return embeddings, logits
         if self.training:
             self.eval()  # inference never uses dropout; training code switches back with model.train()
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
             for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
                 token_states = self.encoder(**inputs, return_dict=True).last_hidden_state
                 pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
@@ -318,6 +367,7 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         convert_to: str = "numpy",
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
+        precision: str | None = None,
     ):
         """
         Sentence embeddings of `texts`, in input order.
@@ -329,13 +379,17 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
             convert_to: `"numpy"` or `"torch"`.
             max_length: truncate texts to this many tokens (default: `config.max_length`).
             show_progress_bar: default on for 256 texts or more.
+            precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs; about 2x faster
+                on such CPUs, cosine to fp32 >= 0.9999), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware
+                runs it natively, else fp32). Default: `model.inference_precision`.
 
         Returns:
             An array or tensor of shape `(len(texts), hidden_size)`; `(hidden_size,)` for a single string.
+            An empty or whitespace-only text gets the embedding of the bare special tokens (`[CLS] [SEP]`).
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}.")
-        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False)
+        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False, precision=precision)
         if normalize:
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         if isinstance(texts, str):
@@ -349,21 +403,24 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         return_all_scores: bool = False,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
+        precision: str | None = None,
     ) -> list[dict[str, dict[str, Any]]]:
         """
-        Every task's label for each text, in input order.
+        Every task's label for each text, in input order (options as for `encode`).
 
         Returns:
             One dict per text: `{task: {"label": name, "score": probability}}`, plus `"scores"`
             (`{label: probability}` over all labels) when `return_all_scores=True`. A single string gives one dict.
         """
-        _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True)
+        _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True, precision=precision)
         results = _label_results(logits, self.config.tasks, return_all_scores)
         return results[0] if isinstance(texts, str) else results
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    def predict_proba(
+        self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None, precision: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per task, class probabilities of shape `(len(texts), num_labels)` in the configured label order."""
-        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True)
+        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True, precision=precision)
         return {task: task_logits.softmax(-1) for task, task_logits in logits.items()}
 
     # ------------------------------------------------------------------ saving
@@ -389,6 +446,29 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         if renderer is not None:
             with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as card:
                 card.write(renderer(self))
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None: plain fp32), refusing what the hardware lacks."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    native_bf16 = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16 else None
+    if precision == "fp16":
+        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' (or 'auto').")
+    if not native_bf16:
+        logger.warning_once("This CPU has no native bf16: precision='bf16' is emulated and likely slower than fp32.")
+    return torch.bfloat16
 
 
 def check_texts(texts) -> list[str]:
@@ -430,34 +510,49 @@ def _encoder_kwargs(encoder_config) -> dict[str, Any]:
     return {}
 
 
-class SentenceMultiTaskPipeline(Pipeline):
-    """
-    `pipeline(model=path, trust_remote_code=True)`: per text, every task's label and score.
+def _pipeline_class():
+    """Built on first use: importing `transformers.Pipeline` costs seconds that `predict` alone never needs."""
+    from transformers import Pipeline
 
-    Call options: `return_all_scores=True` adds every label's probability.
-    """
+    class SentenceMultiTaskPipeline(Pipeline):
+        """
+        `pipeline(model=path, trust_remote_code=True)`: per text, every task's label and score.
 
-    _load_tokenizer = True
-    _load_processor = False
-    _load_image_processor = False
-    _load_feature_extractor = False
+        Call options: `return_all_scores=True` adds every label's probability.
+        """
 
-    def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
-        preprocess = {"max_length": max_length} if max_length is not None else {}
-        postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
-        return preprocess, {}, postprocess
+        _load_tokenizer = True
+        _load_processor = False
+        _load_image_processor = False
+        _load_feature_extractor = False
 
-    def preprocess(self, text, max_length=None):
-        check_texts([text])
-        return self.tokenizer(
-            text, truncation=True, max_length=max_length or self.model.config.max_length, return_tensors="pt"
-        )
+        def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
+            preprocess = {"max_length": max_length} if max_length is not None else {}
+            postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
+            return preprocess, {}, postprocess
 
-    def _forward(self, model_inputs):
-        return {"logits": self.model(**model_inputs).logits}
+        def preprocess(self, text, max_length=None):
+            check_texts([text])
+            return self.tokenizer(
+                text, truncation=True, max_length=max_length or self.model.config.max_length, return_tensors="pt"
+            )
 
-    def postprocess(self, model_outputs, return_all_scores=False):
-        return _label_results(model_outputs["logits"], self.model.config.tasks, return_all_scores)[0]
+        def _forward(self, model_inputs):
+            return {"logits": self.model(**model_inputs).logits}
+
+        def postprocess(self, model_outputs, return_all_scores=False):
+            return _label_results(model_outputs["logits"], self.model.config.tasks, return_all_scores)[0]
+
+    SentenceMultiTaskPipeline.__module__ = __name__
+    return SentenceMultiTaskPipeline
+
+
+def __getattr__(name: str):
+    # `pipeline(...)` resolves "modeling_sentence_multitask.SentenceMultiTaskPipeline" with getattr on this module.
+    if name == "SentenceMultiTaskPipeline":
+        globals()[name] = pipeline_class = _pipeline_class()
+        return pipeline_class
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 SentenceMultiTaskConfig.register_for_auto_class()

@@ -751,7 +751,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         resume = args.resume_from_checkpoint if number == len(phases) or len(phases) == 1 else None
         if resume == "True" or resume is True:
             resume = True
-        trainer.train(resume_from_checkpoint=resume)
+        train_result = trainer.train(resume_from_checkpoint=resume)
+        if number == len(phases):
+            trainer.save_metrics("train", train_result.metrics)
 
     # Final evaluation of every task with the final weights.
     final_metrics: dict[str, Any] = {}

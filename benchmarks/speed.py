@@ -1,0 +1,292 @@
+"""Inference and training speed against sentence-transformers, measured side by side.
+
+    python benchmarks/speed.py --model experiments/quality/results/runs/multitask/model
+
+Timing runs in ONE process, in alternating rounds over the same texts (the shared validation data plus a share of
+long texts); each ratio is the median over rounds of (path's sentences/s) / (sentence-transformers' sentences/s in
+that round). Peak memory (RSS) is measured per path in a fresh process, cold start by timing the CLI. Writes
+benchmarks/results/speed.md and speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+TASK_FILES = {"topic": "topic_validation.jsonl", "sentiment": "sentiment_validation.jsonl"}
+FLOPS_PER_TOKEN = 21.2e6  # 2 x 10.6 M non-embedding weights of MiniLM-L6 (attention adds ~4 % on short texts)
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def corpus(n: int, long_share: float, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    texts = [row["text"] for name in TASK_FILES.values() for row in read(DATA / name)]
+    chosen = [texts[i] for i in rng.choice(len(texts), size=n, replace=False)]
+    n_long = int(long_share * n)
+    for i in range(n_long):  # long texts: several joined validation texts, 150-300 tokens
+        chosen[i] = " ".join(texts[j] for j in rng.choice(len(texts), size=int(rng.integers(8, 14))))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_paths(model_dir: str | None, texts: list[str], onnx_dir: Path):
+    """name -> (callable(texts) -> embeddings or None, kind). Loads everything once."""
+    from sentence_transformers import SentenceTransformer
+
+    from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel, local_default_encoder
+    from sentence_multitask.onnx import OnnxSentenceMultiTask, export_onnx
+
+    encoder_path = local_default_encoder()
+    anchor = SentenceTransformer(encoder_path, device="cpu")
+    model = (SentenceMultiTaskModel.from_pretrained(model_dir) if model_dir
+             else SentenceMultiTaskModel.from_encoder(encoder_path, tasks=REFERENCE_TASKS)).eval()
+    singles = [SentenceMultiTaskModel.from_encoder(encoder_path, tasks={task: labels}).eval()
+               for task, labels in model.config.tasks.items()]
+    if not (onnx_dir / "onnx" / "model_quantized.onnx").exists():
+        export_onnx(model, onnx_dir, quantize=True)
+    onnx_fp32 = OnnxSentenceMultiTask.from_pretrained(onnx_dir)
+    onnx_int8 = OnnxSentenceMultiTask.from_pretrained(onnx_dir, quantized=True)
+    paths = {
+        "sentence-transformers encode (anchor)": lambda t: anchor.encode(t, batch_size=32, normalize_embeddings=True),
+        "ours encode fp32": lambda t: model.encode(t, batch_size=32),
+        "ours predict fp32 (both heads)": lambda t: model.predict(t, batch_size=32),
+        "ours encode bf16": lambda t: model.encode(t, batch_size=32, precision="bf16"),
+        "ours predict bf16 (both heads)": lambda t: model.predict(t, batch_size=32, precision="bf16"),
+        "ours predict ONNX fp32": lambda t: onnx_fp32.predict(t, batch_size=32),
+        "ours predict ONNX int8": lambda t: onnx_int8.predict(t, batch_size=32),
+        "two single-task models, one after the other": lambda t: [single.predict(t, batch_size=32) for single in singles],
+    }
+    return paths, model, anchor, onnx_fp32, onnx_int8
+
+
+def agreement(model, anchor, onnx_fp32, onnx_int8, model_dir) -> dict:
+    """Embedding cosine to fp32 / sentence-transformers, label agreement and accuracy on the validation texts."""
+    rows = {task: read(DATA / name) for task, name in TASK_FILES.items()}
+    texts = [row["text"] for task_rows in rows.values() for row in task_rows]
+    reference = model.encode(texts, batch_size=64)
+    anchor_embeddings = anchor.encode(texts, batch_size=64, normalize_embeddings=True)
+    base = model.predict_proba(texts, batch_size=64)
+    out = {"texts": len(texts), "trained_heads": bool(model_dir),
+           "ours fp32 vs sentence-transformers": _cosines(reference, anchor_embeddings)}
+    variants = {
+        "bf16": (model.encode(texts, batch_size=64, precision="bf16"), model.predict_proba(texts, batch_size=64, precision="bf16")),
+        "ONNX fp32": (onnx_fp32.encode(texts, batch_size=64), onnx_fp32.predict_proba(texts, batch_size=64)),
+        "ONNX int8": (onnx_int8.encode(texts, batch_size=64), onnx_int8.predict_proba(texts, batch_size=64)),
+    }
+    for name, (embeddings, probabilities) in variants.items():
+        entry = {"cosine to fp32": _cosines(embeddings, reference)}
+        for task, task_rows in rows.items():
+            labels = model.config.tasks[task]
+            truth = np.array([labels.index(row["label"]) for row in task_rows])
+            offset = 0 if task == "topic" else len(rows["topic"])
+            window = slice(offset, offset + len(task_rows))
+            fp32_pred = base[task][window].argmax(-1).numpy()
+            pred = probabilities[task][window].argmax(-1).numpy()
+            all_same = float((probabilities[task].argmax(-1) == base[task].argmax(-1)).float().mean())
+            entry[task] = {"label agreement (all texts)": round(all_same, 5),
+                           "accuracy": round(float((pred == truth).mean()), 4),
+                           "fp32 accuracy": round(float((fp32_pred == truth).mean()), 4)}
+        out[name] = entry
+    return out
+
+
+def _cosines(a, b) -> dict:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"mean": round(float(cos.mean()), 6), "min": round(float(cos.min()), 6)}
+
+
+def training_speed(steps: int, model_dir: str | None) -> dict:
+    """Examples/s of full fine-tuning (batch 32, max length 128) with and without length grouping."""
+    result = {}
+    for strategy in ("random", "group_by_length"):
+        code = (
+            "import json, sys, time, resource\n"
+            "from sentence_multitask.training import main\n"
+            f"out = sys.argv[1]\n"
+            "start = time.time()\n"
+            f"main(['--train_files', 'topic={DATA / 'topic_train.jsonl'}', 'sentiment={DATA / 'sentiment_train.jsonl'}',"
+            f" '--labels', 'topic=sports,health,tech,finance,education,other', 'sentiment=negative,neutral,positive',"
+            f" '--max_steps', '{steps}', '--per_device_train_batch_size', '32', '--max_length', '128',"
+            f" '--train_sampling_strategy', '{strategy}', '--task_sampling', 'proportional', '--eval_strategy', 'no',"
+            f" '--save_strategy', 'no', '--output_dir', out, '--overwrite_model', '--disable_tqdm', 'true',"
+            f" '--logging_steps', '1000'])\n"
+            "print('RESULT', json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        )
+        out_dir = HERE / "results" / f"train-{strategy}"
+        start = time.time()
+        completed = subprocess.run([sys.executable, "-c", code, str(out_dir)], capture_output=True, text=True,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if completed.returncode:
+            raise RuntimeError(completed.stderr[-3000:])
+        runtime = json.loads((out_dir / "train_results.json").read_text())["train_runtime"]
+        rss = json.loads(completed.stdout.split("RESULT ")[1].splitlines()[0])["rss_mb"]
+        result[strategy] = {"examples_per_s": round(steps * 32 / runtime, 1), "train_runtime_s": runtime,
+                            "peak_rss_mb": round(rss), "wall_s": round(time.time() - start, 1)}
+    result["speed-up"] = round(result["group_by_length"]["examples_per_s"] / result["random"]["examples_per_s"], 2)
+    return result
+
+
+def cold_start(model_dir: str, repeats: int = 3) -> dict:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "predict", "--model", model_dir,
+                        "The striker scored twice in the final."], capture_output=True, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        times.append(time.perf_counter() - start)
+    return {"median_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
+
+
+def memory_of(path_name: str, args) -> float:
+    """Peak RSS (MB) of a fresh process that loads what one path needs and runs it once on the corpus."""
+    completed = subprocess.run(
+        [sys.executable, __file__, "--memory-path", path_name, "--texts", str(args.texts), "--long-share",
+         str(args.long_share)] + (["--model", args.model] if args.model else []),
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if completed.returncode:
+        raise RuntimeError(completed.stderr[-2000:])
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def memory_child(args) -> None:
+    texts = corpus(args.texts, args.long_share)
+    if args.memory_path == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        from sentence_multitask import local_default_encoder
+
+        SentenceTransformer(local_default_encoder(), device="cpu").encode(texts, batch_size=32)
+    else:
+        from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel, local_default_encoder
+
+        model = (SentenceMultiTaskModel.from_pretrained(args.model) if args.model
+                 else SentenceMultiTaskModel.from_encoder(local_default_encoder(), tasks=REFERENCE_TASKS))
+        model.predict(texts, batch_size=32)
+    print(rss_mb())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="Trained model directory (label agreement needs trained heads).")
+    parser.add_argument("--texts", type=int, default=1024)
+    parser.add_argument("--long-share", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--memory-path", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_path:
+        return memory_child(args)
+
+    from sentence_multitask.onnx import ONNX_FOLDER  # noqa: F401 - fail early without the onnx extra
+
+    texts = corpus(args.texts, args.long_share)
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    paths, model, anchor, onnx_fp32, onnx_int8 = build_paths(args.model, texts, results_dir / "onnx-model")
+    tokens = sum(len(ids) for ids in model._tokenize(texts, None))
+    floors = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+    for run in paths.values():  # warm-up
+        run(texts[:64])
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run(texts)
+            rates[name].append(len(texts) / (time.perf_counter() - start))
+    anchor_name = next(iter(paths))
+    table = []
+    for name, values in rates.items():
+        ratios = [value / base for value, base in zip(values, rates[anchor_name])]
+        floor = floors["bf16" if "bf16" in name else "fp32"]
+        floor_rate = floor / FLOPS_PER_TOKEN / (tokens / len(texts))
+        table.append({"path": name, "sentences_per_s": round(statistics.median(values), 1),
+                      "ratio": round(statistics.median(ratios), 2),
+                      "floor_fraction": round(statistics.median(values) / floor_rate, 2) if "ONNX" not in name else None})
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "texts": len(texts), "mean_tokens": round(tokens / len(texts), 1), "rounds": args.rounds,
+        "matmul_gflops": {k: round(v / 1e9) for k, v in floors.items()},
+        "table": table,
+        "agreement": agreement(model, anchor, onnx_fp32, onnx_int8, args.model),
+        "peak_rss_mb": {"sentence-transformers encode": round(memory_of("sentence-transformers", args)),
+                        "ours predict fp32": round(memory_of("ours", args))},
+    }
+    if args.model:
+        report["cold_start_cli_predict"] = cold_start(args.model)
+    if not args.skip_training:
+        report["training"] = training_speed(args.train_steps, args.model)
+    (results_dir / "speed.json").write_text(json.dumps(report, indent=2))
+    (results_dir / "speed.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}; {report['texts']} texts (mean {report['mean_tokens']} tokens), "
+             f"{report['rounds']} alternating rounds; matmul floor {report['matmul_gflops']} GFLOP/s.", "",
+             "| path | sentences/s | ratio to sentence-transformers | fraction of floor |", "|---|---|---|---|"]
+    for row in report["table"]:
+        floor = f"{row['floor_fraction']:.2f}" if row["floor_fraction"] is not None else "-"
+        lines.append(f"| {row['path']} | {row['sentences_per_s']} | {row['ratio']:.2f}x | {floor} |")
+    lines += ["", "Agreement on the validation texts (" + str(report["agreement"]["texts"]) + "): ", "",
+              "| variant | cosine to fp32 (mean / min) | topic labels same | sentiment labels same | topic acc (fp32) | sentiment acc (fp32) |",
+              "|---|---|---|---|---|---|"]
+    for name in ("bf16", "ONNX fp32", "ONNX int8"):
+        entry = report["agreement"][name]
+        lines.append(
+            f"| {name} | {entry['cosine to fp32']['mean']:.5f} / {entry['cosine to fp32']['min']:.5f} | "
+            f"{entry['topic']['label agreement (all texts)']:.4f} | {entry['sentiment']['label agreement (all texts)']:.4f} | "
+            f"{entry['topic']['accuracy']} ({entry['topic']['fp32 accuracy']}) | "
+            f"{entry['sentiment']['accuracy']} ({entry['sentiment']['fp32 accuracy']}) |")
+    st = report["agreement"]["ours fp32 vs sentence-transformers"]
+    lines += ["", f"ours fp32 vs sentence-transformers embeddings: cosine mean {st['mean']}, min {st['min']}.",
+              f"Peak RSS: {report['peak_rss_mb']}."]
+    if "cold_start_cli_predict" in report:
+        lines.append(f"Cold start of `sentence-multitask predict --model DIR \"one sentence\"`: "
+                     f"{report['cold_start_cli_predict']['median_s']} s (median of 3).")
+    if "training" in report:
+        t = report["training"]
+        lines.append(f"Training (full fine-tune, batch 32, max length 128): random batches {t['random']['examples_per_s']} "
+                     f"examples/s, length-grouped {t['group_by_length']['examples_per_s']} examples/s "
+                     f"({t['speed-up']}x); peak RSS {t['group_by_length']['peak_rss_mb']} MB.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""ONNX export of the whole model (encoder, pooling, every head in one graph) and an ONNX Runtime model with the
+same `encode` / `predict` API. Needs the `onnx` extra: `pip install "sentence-multitask[onnx]"`.
+
+    from sentence_multitask.onnx import export_onnx, OnnxSentenceMultiTask
+    export_onnx(model, "exported", quantize=True)           # exported/onnx/model.onnx, model_quantized.onnx
+    fast = OnnxSentenceMultiTask.from_pretrained("exported", quantized=True)
+    fast.predict(["The striker scored twice."])
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .configuration_sentence_multitask import SentenceMultiTaskConfig
+from .modeling_sentence_multitask import SentenceMultiTaskModel
+
+ONNX_FOLDER = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_quantized.onnx"
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(f"ONNX support needs {module}: pip install \"sentence-multitask[onnx]\".") from error
+
+
+class _Graph(nn.Module):
+    """What the ONNX graph computes: token ids -> (embeddings, logits of every task in config order)."""
+
+    def __init__(self, model: SentenceMultiTaskModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return (output.embeddings, *(output.logits[task] for task in self.model.config.tasks))
+
+
+def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, quantize: bool = False,
+                opset: int = 17) -> Path:
+    """
+    Save `model` (as save_pretrained does) plus `onnx/model.onnx`: one graph with dynamic batch and sequence axes,
+    fused by ONNX Runtime's BERT optimizer where the encoder is BERT-like; with `quantize`, also
+    `onnx/model_quantized.onnx` (dynamic int8, per-channel weights). Returns the ONNX folder.
+    """
+    onnx = _require("onnx")
+    _require("onnxruntime")
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    folder = output_dir / ONNX_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = folder / "model.raw.onnx"
+
+    # ONNX Runtime fuses attention only for the eager attention graph; dropout must be off (eval mode).
+    previous = model.config._attn_implementation
+    model.eval()
+    model.config._attn_implementation = "eager"
+    model.encoder.config._attn_implementation = "eager"
+    try:
+        dummy = model.tokenizer(["a short text", "a somewhat longer text for the export"], padding=True,
+                                return_tensors="pt", return_token_type_ids=False)
+        tasks = list(model.config.tasks)
+        with torch.no_grad():
+            torch.onnx.export(
+                _Graph(model).cpu(),
+                (dummy["input_ids"], dummy["attention_mask"]),
+                str(raw),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embeddings", *[f"logits_{task}" for task in tasks]],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "sequence"},
+                    "attention_mask": {0: "batch", 1: "sequence"},
+                    "embeddings": {0: "batch"},
+                    **{f"logits_{task}": {0: "batch"} for task in tasks},
+                },
+                opset_version=opset,
+                dynamo=False,
+            )
+    finally:
+        model.config._attn_implementation = previous
+        model.encoder.config._attn_implementation = previous
+
+    fp32 = folder / FP32_FILE
+    if model.config.encoder.model_type in ("bert", "roberta", "distilbert", "xlm-roberta", "mpnet"):
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        encoder = model.config.encoder
+        optimized = optimize_model(str(raw), model_type="bert", num_heads=encoder.num_attention_heads,
+                                   hidden_size=encoder.hidden_size, opt_level=1)
+        optimized.save_model_to_file(str(fp32))
+        raw.unlink()
+    else:
+        raw.replace(fp32)
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    return folder
+
+
+class OnnxSentenceMultiTask:
+    """A model exported with `export_onnx`, run by ONNX Runtime, with the `encode` / `predict` API of
+    `SentenceMultiTaskModel` (same batching, truncation and outputs)."""
+
+    inference_precision = "fp32"
+    training = False
+    device = torch.device("cpu")
+
+    def __init__(self, session, config: SentenceMultiTaskConfig, tokenizer):
+        self.session = session
+        self.config = config
+        self._tokenizer = tokenizer
+        self._tokenizer_lock = threading.Lock()
+        self.output_names = [output.name for output in session.get_outputs()]
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, quantized: bool = False, threads: int | None = None):
+        ort = _require("onnxruntime")
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        file = path / ONNX_FOLDER / (INT8_FILE if quantized else FP32_FILE)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist; create it with `sentence-multitask export-onnx"
+                                    f"{' --quantize' if quantized else ''} --model MODEL --output {path}`.")
+        config = SentenceMultiTaskConfig.from_pretrained(path)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        return cls(session, config, AutoTokenizer.from_pretrained(path, config=config.encoder))
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
+        if precision not in (None, "fp32"):
+            raise ValueError("The ONNX model runs at the precision it was exported with; leave precision unset.")
+        from .modeling_sentence_multitask import check_texts
+
+        texts = check_texts(texts)
+        tasks = list(self.config.tasks)
+        embeddings = np.empty((len(texts), self.config.hidden_size), dtype=np.float32)
+        logits = {task: np.empty((len(texts), len(labels)), dtype=np.float32) for task, labels in self.config.tasks.items()}
+        if texts:
+            for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
+                feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
+                outputs = dict(zip(self.output_names, self.session.run(None, feeds)))
+                embeddings[positions] = outputs["embeddings"]
+                for task in tasks:
+                    logits[task][positions] = outputs[f"logits_{task}"]
+        return torch.from_numpy(embeddings), {task: torch.from_numpy(values) for task, values in logits.items()}
+
+    # The same tokenisation, batching and output code as the PyTorch model.
+    _tokenize = SentenceMultiTaskModel._tokenize
+    _batches = SentenceMultiTaskModel._batches
+    encode = SentenceMultiTaskModel.encode
+    predict = SentenceMultiTaskModel.predict
+    predict_proba = SentenceMultiTaskModel.predict_proba

@@ -1,0 +1,567 @@
+"""Acceptance tests of `sentence_multitask.training` and `sentence-multitask train`.
+
+Only the first test trains the real all-MiniLM-L6-v2 (one epoch of the bundled demo set, in a subprocess); every
+other test uses the tiny random encoder of `tiny_encoder` and small JSON Lines files written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+try:
+    from .conftest import run_python
+except ImportError:  # tests/ collected as a plain directory
+    from conftest import run_python
+from sentence_multitask import training
+from sentence_multitask.training import (
+    IGNORE,
+    LABEL_PREFIX,
+    DataArguments,
+    DataError,
+    MultiTaskCollator,
+    MultiTaskSampler,
+    MultiTaskTrainer,
+    MultiTaskTrainingArguments,
+    prepare_data,
+    source_shares,
+)
+
+BIN = Path(sys.executable).parent
+PACKAGE_DATA = Path(training.__file__).parent / "data"
+
+TOPIC_TEXT = {
+    "sports": ["the team won the match", "the striker scored twice", "the marathon ended downtown"],
+    "health": ["the doctor changed my medicine", "the clinic opened a new ward", "my flu is finally gone"],
+    "tech": ["the laptop update broke wifi", "the new phone has a fast chip", "the app crashes on start"],
+}
+SENTIMENT_TEXT = {"negative": ["and it was awful", "sadly a disaster"], "positive": ["and it was wonderful", "what a joy"]}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def make_rows(n: int, seed: int, with_topic: bool = True, with_sentiment: bool = True) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic, sentiment = rng.choice(sorted(TOPIC_TEXT)), rng.choice(sorted(SENTIMENT_TEXT))
+        text = f"{rng.choice(TOPIC_TEXT[topic])} {rng.choice(SENTIMENT_TEXT[sentiment])}" + " really" * rng.randint(0, 8)
+        row = {"text": text}
+        if with_topic:
+            row["topic"] = topic
+        if with_sentiment:
+            row["sentiment"] = sentiment
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    write_jsonl(folder / "both.jsonl", make_rows(48, seed=1))
+    write_jsonl(folder / "both_val.jsonl", make_rows(24, seed=2))
+    write_jsonl(folder / "topic.jsonl", make_rows(40, seed=3, with_sentiment=False))  # topic-only, 40 rows
+    write_jsonl(folder / "sentiment.jsonl", make_rows(16, seed=4, with_topic=False))  # sentiment-only, 16 rows
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_encoder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_encoder)
+
+
+def tiny_args(tiny_encoder: str, output_dir, *extra: str) -> list[str]:
+    """main() arguments for a short, quiet run on the tiny encoder."""
+    return [
+        "--encoder", tiny_encoder, "--output_dir", str(output_dir), "--per_device_train_batch_size", "8",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+        "--dataloader_pin_memory", "false", *extra,
+    ]
+
+
+def weights(directory) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(directory, "model.safetensors"))
+
+
+def subset(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    chosen = {name: tensor for name, tensor in state.items() if name.startswith(prefix)}
+    assert chosen, f"no weights start with {prefix!r}: {sorted(state)[:5]}..."
+    return chosen
+
+
+def bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    """Names whose tensors differ (in any bit) between a and b."""
+    assert a.keys() == b.keys()
+    return [name for name in a if not torch.equal(a[name], b[name])]
+
+
+def majority_baseline(path: Path, task: str) -> float:
+    labels = [json.loads(line)[task] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+# ---------------------------------------------------------------------------------------------------- 1. demo CLI
+
+
+def test_demo_training_cli_writes_a_loadable_model_with_its_metrics_in_the_card(tmp_path):
+    """`sentence-multitask train` with no data options trains on the bundled demo set (real MiniLM, 1 epoch)."""
+    result = subprocess.run(
+        [str(BIN / "sentence-multitask"), "train", "--output_dir", "tmp", "--num_train_epochs", "1",
+         "--save_strategy", "no", "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+         "--dataloader_pin_memory", "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "tmp"
+    for name in ("config.json", "model.safetensors", "configuration_sentence_multitask.py",
+                 "modeling_sentence_multitask.py", "tokenizer.json", "README.md", "eval_results.json"):
+        assert (out / name).is_file(), f"{name} missing from {sorted(os.listdir(out))}"
+    reported = json.loads((out / "eval_results.json").read_text())
+
+    # The validation accuracy beats always predicting the most frequent label, on both tasks.
+    validation = PACKAGE_DATA / "demo_validation.jsonl"
+    baselines = {task: majority_baseline(validation, task) for task in ("topic", "sentiment")}
+    for task, baseline in baselines.items():
+        assert reported[f"eval_{task}_accuracy"] > baseline + 0.1, (task, reported[f"eval_{task}_accuracy"], baseline)
+
+    # The card (README.md) carries exactly the metrics that training reported.
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for task in ("topic", "sentiment"):
+        row = (f"| {task} | {reported[f'eval_{task}_accuracy']:.4f} | {reported[f'eval_{task}_macro_f1']:.4f} | "
+               f"{reported[f'eval_{task}_macro_recall']:.4f} |")
+        assert row in card, f"card lacks {row!r}"
+        assert f"value: {round(reported[f'eval_{task}_accuracy'], 4)}" in card  # model-index metadata
+
+    # Loads as remote code in a process that cannot import sentence_multitask, and predicts as reported.
+    code = f"""
+import json
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
+assert type(model).__name__ == "SentenceMultiTaskModel", type(model)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+rows = [json.loads(line) for line in open({str(validation)!r}, encoding="utf-8") if line.strip()]
+predictions = model.predict([row["text"] for row in rows])
+accuracy = {{task: sum(p[task]["label"] == row[task] for p, row in zip(predictions, rows)) / len(rows)
+            for task in ("topic", "sentiment")}}
+print("ACCURACY=" + json.dumps(accuracy))
+"""
+    loaded = run_python(code)
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    accuracy = json.loads(loaded.stdout.split("ACCURACY=")[1].splitlines()[0])
+    for task, baseline in baselines.items():
+        assert accuracy[task] > baseline + 0.1, (task, accuracy[task], baseline)
+        # Same model, same data: at most a near-tie flips because of different padding.
+        assert abs(accuracy[task] - reported[f"eval_{task}_accuracy"]) <= 2 / 90 + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------- 2. mixed data
+
+
+def test_topic_only_and_sentiment_only_files_train_together(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
+    topic_file, sentiment_file = str(data_dir / "topic.jsonl"), str(data_dir / "sentiment.jsonl")
+    data = prepare_data(DataArguments(train_files=[f"topic={topic_file}", f"sentiment={sentiment_file}"]), tiny_tokenizer)
+    assert data.tasks == {"topic": ["health", "sports", "tech"], "sentiment": ["negative", "positive"]}
+    assert data.train_sizes == [40, 16]
+    sources = np.asarray(data.train["source"])
+    topic_ids = np.asarray(data.train[LABEL_PREFIX + "topic"])
+    sentiment_ids = np.asarray(data.train[LABEL_PREFIX + "sentiment"])
+    assert (topic_ids[sources == 0] != IGNORE).all() and (topic_ids[sources == 1] == IGNORE).all()
+    assert (sentiment_ids[sources == 1] != IGNORE).all() and (sentiment_ids[sources == 0] == IGNORE).all()
+
+    out = tmp_path / "mixed"
+    metrics = training.main(tiny_args(
+        tiny_encoder, out, "--train_files", f"topic={topic_file}", f"sentiment={sentiment_file}",
+        "--validation_files", str(data_dir / "both_val.jsonl"), "--max_steps", "4",
+    ))
+    assert {"eval_topic_accuracy", "eval_sentiment_accuracy"} <= metrics.keys()
+    config = json.loads((out / "config.json").read_text())
+    assert config["tasks"] == data.tasks
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "topic.jsonl (40 rows)" in card and "sentiment.jsonl (16 rows)" in card
+
+
+def test_a_head_without_labels_in_the_batches_keeps_its_weights(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
+    """Train a topic+sentiment model on sentiment-only rows: the topic head stays bit-identical."""
+    from sentence_multitask import SentenceMultiTaskModel
+
+    data = prepare_data(
+        DataArguments(train_files=[f"topic={data_dir / 'topic.jsonl'}", f"sentiment={data_dir / 'sentiment.jsonl'}"]),
+        tiny_tokenizer,
+    )
+    sentiment_rows = training._rows_with_labels(data.train, ["sentiment"])
+    assert len(sentiment_rows) == 16
+    assert all(value == IGNORE for value in sentiment_rows[LABEL_PREFIX + "topic"])
+
+    torch.manual_seed(0)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=data.tasks)
+    before = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    args = MultiTaskTrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=4, save_strategy="no",
+        eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_pin_memory=False,
+    )
+    assert args.weight_decay == 0.0
+    trainer = MultiTaskTrainer(
+        model=model, args=args, train_dataset=sentiment_rows,
+        # Both tasks are collated: every batch carries a topic label tensor of -100 only.
+        data_collator=MultiTaskCollator(tiny_tokenizer, ["topic", "sentiment"]), processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    after = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+
+    assert bit_identical(subset(before, "heads.topic."), subset(after, "heads.topic.")) == []
+    changed_sentiment = bit_identical(subset(before, "heads.sentiment."), subset(after, "heads.sentiment."))
+    assert len(changed_sentiment) == len(subset(before, "heads.sentiment."))  # every sentiment head tensor moved
+    assert bit_identical(subset(before, "encoder."), subset(after, "encoder."))  # the encoder trained too
+
+
+# ---------------------------------------------------------------------------------------------------- 3. sampling
+
+
+SIZES = [600, 300, 100]
+
+
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["plain", "length-grouped"])
+@pytest.mark.parametrize("mode", ["proportional", "temperature", "round_robin"])
+def test_sampler_gives_each_source_its_share(mode, group_by_length):
+    expected = {
+        "proportional": np.array(SIZES) / sum(SIZES),
+        "temperature": np.sqrt(SIZES) / np.sqrt(SIZES).sum(),  # T = 2
+        "round_robin": np.full(3, 1 / 3),
+    }[mode]
+    np.testing.assert_allclose(source_shares(SIZES, mode, temperature=2.0), expected, atol=1e-12)
+
+    rng = np.random.default_rng(0)
+    sources = np.repeat(np.arange(3), SIZES)
+    lengths = rng.integers(5, 129, size=len(sources))
+    sampler = MultiTaskSampler(sources, lengths if group_by_length else None, batch_size=16, mode=mode,
+                               temperature=2.0, seed=7, group_by_length=group_by_length)
+    counts = np.zeros(3)
+    epochs = 40
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        order = np.array(list(sampler))
+        assert len(order) == len(sampler) == len(sources)
+        assert order.min() >= 0 and order.max() < len(sources)
+        counts += np.bincount(sources[order], minlength=3)
+    shares = counts / counts.sum()
+    np.testing.assert_allclose(shares, expected, atol=0.02)
+
+    # Also over a stretch of batches inside one epoch, not only over whole epochs.
+    sampler.set_epoch(0)
+    first = np.array(list(sampler))[: 16 * 40]
+    np.testing.assert_allclose(np.bincount(sources[first], minlength=3) / len(first), expected, atol=0.06)
+
+
+@pytest.mark.parametrize("mode", ["proportional", "temperature", "round_robin"])
+def test_length_grouped_batches_are_length_homogeneous(mode):
+    """The Trainer's DataLoader cuts the sampler's stream into consecutive batch_size chunks: each must hold
+    texts of similar length (1000 rows with batch size 16 leave one short batch per epoch)."""
+    rng = np.random.default_rng(0)
+    sources = np.repeat(np.arange(3), SIZES)
+    lengths = rng.integers(5, 129, size=len(sources))
+    span = lengths.max() - lengths.min()
+    sampler = MultiTaskSampler(sources, lengths, batch_size=16, mode=mode, seed=7)
+    random_spreads, spreads = [], []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(range(len(sources)), sampler=sampler, batch_size=16)
+        spreads += [int(np.ptp(lengths[batch.numpy()])) for batch in loader]
+        permutation = np.random.default_rng(epoch).permutation(len(sources))
+        random_spreads += [int(np.ptp(lengths[permutation[i : i + 16]])) for i in range(0, len(sources), 16)]
+    assert np.mean(random_spreads) > 0.6 * span  # random batches mix lengths
+    wide = [spread for spread in spreads if spread > 0.2 * span]
+    assert not wide, f"{len(wide)} of {len(spreads)} batches mix lengths (spreads {sorted(wide)[-5:]}, range {span})"
+
+
+def test_trainer_uses_the_sampler_shares(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
+    """Through MultiTaskTrainer.get_train_dataloader: round_robin gives the 40-row and the 16-row file equal shares."""
+    from sentence_multitask import SentenceMultiTaskModel
+
+    data = prepare_data(
+        DataArguments(train_files=[f"topic={data_dir / 'topic.jsonl'}", f"sentiment={data_dir / 'sentiment.jsonl'}"]),
+        tiny_tokenizer,
+    )
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=data.tasks)
+    args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "run"), task_sampling="round_robin", eval_strategy="no",
+                                      per_device_train_batch_size=8, report_to="none", dataloader_pin_memory=False)
+    trainer = MultiTaskTrainer(model=model, args=args, train_dataset=data.train,
+                               data_collator=MultiTaskCollator(tiny_tokenizer, list(data.tasks)))
+    topic_rows = sentiment_rows = 0
+    for batch in trainer.get_train_dataloader():
+        topic_rows += int((batch["labels"]["topic"] != IGNORE).sum())
+        sentiment_rows += int((batch["labels"]["sentiment"] != IGNORE).sum())
+    assert topic_rows + sentiment_rows == 56
+    assert topic_rows == sentiment_rows == 28
+
+
+# ---------------------------------------------------------------------------------------------------- 4. sequential
+
+
+def test_sequential_training_freezes_encoder_and_primary_heads(tmp_path, data_dir, tiny_encoder):
+    out = tmp_path / "sequential"
+    training.main(tiny_args(
+        tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+        "--training_mode", "sequential", "--primary_tasks", "topic", "--num_train_epochs", "1",
+        "--save_strategy", "epoch",
+    ))
+    checkpoints = sorted((out / "phase1").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints, f"no phase-1 checkpoint in {out / 'phase1'}"
+    end_of_phase1 = weights(checkpoints[-1])  # 48 rows / batch 8 = the checkpoint after the last phase-1 step
+    assert checkpoints[-1].name == "checkpoint-6"
+    assert (out / "phase2").is_dir()
+    final = weights(out)
+
+    # Phase 1 trained the encoder ...
+    initial_encoder = {f"encoder.{name}": tensor for name, tensor in weights(tiny_encoder).items()}
+    phase1_encoder = subset(end_of_phase1, "encoder.")
+    assert bit_identical({k: initial_encoder[k] for k in phase1_encoder}, phase1_encoder)
+    # ... phase 2 left the encoder and the topic head bit-identical and trained the sentiment head.
+    assert bit_identical(phase1_encoder, subset(final, "encoder.")) == []
+    assert bit_identical(subset(end_of_phase1, "heads.topic."), subset(final, "heads.topic.")) == []
+    changed = bit_identical(subset(end_of_phase1, "heads.sentiment."), subset(final, "heads.sentiment."))
+    assert len(changed) == len(subset(final, "heads.sentiment."))
+
+
+# ---------------------------------------------------------------------------------------------------- 5. bad data
+
+
+BAD_DATA = {
+    "unknown label": (
+        ['{"text": "a", "topic": "sports", "sentiment": "positive"}',
+         '{"text": "b", "topic": "health", "sentiment": "negative"}',
+         '{"text": "c", "topic": "tech", "sentiment": "angry"}'],
+        ["--labels", "topic=sports,health,tech", "sentiment=negative,positive"],
+        r"bad\.jsonl \(train\), line 3: unknown label 'angry' for task 'sentiment'",
+    ),
+    "missing label column": (
+        ['{"text": "a", "mood": "positive"}', '{"text": "b", "mood": "negative"}'],
+        ["--tasks", "sentiment"],
+        r"bad\.jsonl \(train\): no label column for task 'sentiment'.*'mood'",
+        "sentiment",  # given as sentiment=PATH
+    ),
+    "missing text column": (
+        ['{"sentence": "a", "topic": "sports"}', '{"sentence": "b", "topic": "tech"}'],
+        ["--tasks", "topic"],
+        r"bad\.jsonl \(train\): no text column 'text'.*'sentence'",
+    ),
+    "empty file": ([], ["--tasks", "topic"], r"bad\.jsonl: the file is empty"),
+    "all labels missing for a task": (
+        ['{"text": "a", "topic": "sports", "sentiment": null}',
+         '{"text": "b", "topic": "tech", "sentiment": null}'],
+        ["--tasks", "topic", "sentiment", "--labels", "topic=sports,tech", "sentiment=negative,positive"],
+        r"bad\.jsonl \(train\): every row lacks a label for task 'sentiment'",
+    ),
+    "malformed JSON": (
+        ['{"text": "a", "topic": "sports"}', '{"text": "b", "topic": "tech"}', '{"text": "c", "topic": "tech"',
+         '{"text": "d", "topic": "tech"}'],
+        ["--tasks", "topic"],
+        r"bad\.jsonl, line 3: malformed JSON",
+    ),
+    "empty text": (
+        ['{"text": "a", "topic": "sports"}', '{"text": "   ", "topic": "tech"}'],
+        ["--tasks", "topic"],
+        r"bad\.jsonl \(train\), line 2: the text is empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_fails_before_training_with_a_precise_error(case, tmp_path, tiny_encoder, monkeypatch):
+    lines, options, message, *prefix = BAD_DATA[case]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    spec = f"{prefix[0]}={path}" if prefix else str(path)
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the model was built: the data error was not caught before training")
+
+    monkeypatch.setattr(training, "build_model", not_reached)
+    with pytest.raises(DataError, match=message):
+        training.main(tiny_args(tiny_encoder, tmp_path / "out", "--train_files", spec, *options))
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_unknown_label_in_validation_file_is_named(tmp_path, data_dir, tiny_tokenizer):
+    validation = write_jsonl(tmp_path / "val.jsonl", [{"text": "x", "topic": "sports", "sentiment": "positive"},
+                                                      {"text": "y", "topic": "cooking", "sentiment": "negative"}])
+    with pytest.raises(DataError, match=r"val\.jsonl \(validation\), line 2: unknown label 'cooking' for task 'topic'"):
+        prepare_data(DataArguments(train_files=[str(data_dir / "both.jsonl")], validation_files=[validation],
+                                   tasks=["topic", "sentiment"]), tiny_tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- 6. resume
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, data_dir, tiny_encoder, monkeypatch):
+    from transformers import TrainerCallback
+
+    # 48 rows, batch 8: 6 steps per epoch, so steps 5-8 run across an epoch boundary after the resume.
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "8",
+               "--save_strategy", "steps", "--save_steps", "4", "--seed", "123"]
+    training.main(tiny_args(tiny_encoder, tmp_path / "a", *options))
+
+    class CrashAfterCheckpoint4(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise Interrupted(f"killed after saving step {state.global_step}")
+
+    class CrashingTrainer(MultiTaskTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(CrashAfterCheckpoint4())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "MultiTaskTrainer", CrashingTrainer)
+        with pytest.raises(Interrupted):
+            training.main(tiny_args(tiny_encoder, tmp_path / "b", *options))
+    checkpoint = tmp_path / "b" / "checkpoint-4"
+    assert checkpoint.is_dir() and not (tmp_path / "b" / "config.json").exists()
+    training.main(tiny_args(tiny_encoder, tmp_path / "b", *options, "--resume_from_checkpoint", str(checkpoint)))
+
+    uninterrupted, resumed, halfway = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(checkpoint)
+    assert uninterrupted.keys() == resumed.keys()
+    worst = max((uninterrupted[k].float() - resumed[k].float()).abs().max().item() for k in uninterrupted)
+    assert worst <= 1e-6, f"resumed run differs from the uninterrupted one by up to {worst}"
+    assert bit_identical(halfway, resumed)  # steps 5-8 did train after the resume
+    state = json.loads((tmp_path / "b" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+
+
+# ---------------------------------------------------------------------------------------------------- 7. two processes
+
+
+def test_torchrun_two_process_training(tmp_path, data_dir, tiny_encoder):
+    logs = tmp_path / "logs"
+    out = tmp_path / "ddp"
+    command = [
+        str(BIN / "torchrun"), "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
+        "-m", "sentence_multitask.cli", "train",
+        *tiny_args(tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+                   "--validation_files", str(data_dir / "both_val.jsonl"), "--num_train_epochs", "1",
+                   "--save_strategy", "epoch", "--ddp_backend", "gloo", "--use_cpu", "true"),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    rank_logs = {path.parent.name: path.read_text(errors="replace") for path in logs.rglob("stderr.log")}
+    assert result.returncode == 0, result.stderr[-3000:] + "\n".join(log[-3000:] for log in rank_logs.values())
+
+    # Both ranks ran the job ...
+    assert sorted(rank_logs) == ["0", "1"]
+    for rank, log in rank_logs.items():
+        assert "Tasks: {'topic'" in log, f"rank {rank} did not reach training:\n{log[-2000:]}"
+    assert "Model saved to" in rank_logs["0"]
+    # ... and shared the data: 48 rows / (8 per device x 2 processes) = 3 optimisation steps in the epoch.
+    checkpoint = out / "checkpoint-3"
+    assert checkpoint.is_dir(), sorted(os.listdir(out))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["epoch"] == 1.0
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "on 2 process(es)" in card and "| batch size | 16 |" in card
+
+    # Rank 0 saved a model that loads without the package.
+    loaded = run_python(
+        "from transformers import AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)\n"
+        "print('LABELS', sorted(model.predict(['the team won the match'])[0]))\n"
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "LABELS ['sentiment', 'topic']" in loaded.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- 8. push
+
+
+def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(tmp_path, data_dir, tiny_encoder,
+                                                                                monkeypatch):
+    import huggingface_hub.repocard
+    from huggingface_hub import HfApi, RepoUrl
+    from huggingface_hub.errors import EntryNotFoundError
+
+    token = "hf_TestTokenThatMustNotLeak0123456789"
+    repo_id = "someone/sentence-multitask-test"
+    commits, repos = [], []
+
+    def create_repo(self, repo_id, *args, **kwargs):
+        repos.append((repo_id, kwargs.get("token")))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, *args, **kwargs):
+        files = {}
+        for operation in operations:
+            source = operation.path_or_fileobj
+            if isinstance(source, (str, os.PathLike)):
+                files[operation.path_in_repo] = Path(source).read_bytes()
+            elif isinstance(source, bytes):
+                files[operation.path_in_repo] = source
+            else:
+                files[operation.path_in_repo] = source.read()
+        commits.append({"repo_id": repo_id, "files": files, "token": kwargs.get("token", self.token)})
+
+    def no_remote_card(*args, **kwargs):  # a new repository: nothing to download yet
+        raise EntryNotFoundError("README.md not found in the (fake) new repository")
+
+    def offline(*args, **kwargs):
+        raise AssertionError(f"unexpected Hub call {args} {kwargs}")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "create_branch", offline)
+    monkeypatch.setattr(huggingface_hub.repocard, "hf_hub_download", no_remote_card)
+
+    out = tmp_path / "pushed"
+    metrics = training.main(tiny_args(
+        tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+        "--validation_files", str(data_dir / "both_val.jsonl"), "--max_steps", "2",
+        "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", token,
+    ))
+    assert repos and all(name == repo_id for name, _ in repos)
+    assert len(commits) == 1, f"expected one commit with everything, got {len(commits)}"
+    commit = commits[0]
+    files = commit["files"]
+    assert commit["repo_id"] == repo_id and commit["token"] == token
+
+    expected = {"config.json", "configuration_sentence_multitask.py", "modeling_sentence_multitask.py",
+                "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"}
+    assert expected <= files.keys(), f"missing {expected - files.keys()}"
+
+    config = json.loads(files["config.json"])
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_sentence_multitask.SentenceMultiTaskConfig",
+        "AutoModel": "modeling_sentence_multitask.SentenceMultiTaskModel",
+    }
+    assert "class SentenceMultiTaskModel" in files["modeling_sentence_multitask.py"].decode()
+    assert "class SentenceMultiTaskConfig" in files["configuration_sentence_multitask.py"].decode()
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+
+    for name, content in files.items():
+        assert token.encode() not in content, f"the hub token leaked into {name}"
+
+    # The uploaded README.md is this package's card with the run's metrics, not a generic placeholder card.
+    card = files["README.md"].decode("utf-8")
+    assert "sentence-multitask" in card and repo_id in card, card[:1500]
+    assert f"| topic | {metrics['eval_topic_accuracy']:.4f} |" in card, card[:1500]
+    assert card == (out / "README.md").read_text(encoding="utf-8")
