@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from string import Template
 from typing import Any
@@ -17,9 +18,8 @@ def render_model_card(model) -> str:
     summary: dict[str, Any] = dict(getattr(model, "training_summary", None) or {})
     metrics: dict[str, dict[str, Any]] = summary.get("metrics") or {}
     base_model = getattr(config, "base_model", None) or summary.get("base_model")
-    hub_base = base_model if base_model and "/" in base_model and not base_model.startswith(("/", ".")) else None
-    if hub_base is None and base_model and "all_minilm_l6_v2" in base_model.replace("-", "_").lower():
-        hub_base = "sentence-transformers/all-MiniLM-L6-v2"
+    is_hub_id = base_model and "/" in base_model and not base_model.startswith((".", "/")) and not os.path.isdir(base_model)
+    hub_base = base_model if is_hub_id else None
     model_name = summary.get("model_name") or "sentence-multitask model"
     datasets = [d for d in summary.get("datasets", []) if d and "/" in d and not d.startswith(("/", "."))]
 

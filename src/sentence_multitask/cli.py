@@ -38,9 +38,12 @@ def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str
             if not line.strip():
                 continue
             try:
-                texts.append(json.loads(line)[text_column])
+                text = json.loads(line)[text_column]
             except (json.JSONDecodeError, KeyError, TypeError) as error:
                 raise SystemExit(f"error: {name}, line {number}: no {text_column!r} in a JSON object ({error}).")
+            if not isinstance(text, str):
+                raise SystemExit(f"error: {name}, line {number}: {text_column!r} is {type(text).__name__}, not a string.")
+            texts.append(text)
         return texts
     return lines
 

@@ -204,7 +204,8 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         config = SentenceMultiTaskConfig(
             encoder=encoder.config, tasks={task: list(labels) for task, labels in tasks.items()}, **config_kwargs
         )
-        config.base_model = path
+        # The card's base_model: the Hub id, also when the weights came from the offline copy of the default.
+        config.base_model = DEFAULT_ENCODER if path == cls.default_encoder else path
         model = cls(config, encoder=encoder)
         model._tokenizer = AutoTokenizer.from_pretrained(path)
         return model
@@ -442,10 +443,18 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
                 self.tokenizer.save_pretrained(save_directory)
             except (OSError, ValueError) as error:
                 logger.warning(f"No tokenizer saved with the model: {error}")
+        self._write_card(save_directory)
+
+    def _write_card(self, directory: str | os.PathLike) -> None:
         renderer = type(self).card_renderer
         if renderer is not None:
-            with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as card:
+            with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as card:
                 card.write(renderer(self))
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # push_to_hub writes the Hub's (or a generic) card over ours just before uploading: put ours back.
+        self._write_card(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -483,6 +492,13 @@ def check_texts(texts) -> list[str]:
                 f"texts[{position}] is {type(text).__name__}, not str: pass one string per text "
                 "(decode bytes first, drop or replace None)."
             )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"texts[{position}] holds a lone surrogate, which is not valid Unicode text; decode the source with "
+                "errors='replace' or remove the character."
+            ) from None
     return list(texts)
 
 
@@ -531,11 +547,26 @@ def _pipeline_class():
             postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
             return preprocess, {}, postprocess
 
+        def __call__(self, inputs, *args, **kwargs):
+            texts = check_texts(inputs)  # names the bad position before any work
+            if not isinstance(inputs, str) and not texts:
+                return []
+            self._truncated = 0
+            result = super().__call__(inputs if isinstance(inputs, str) else texts, *args, **kwargs)
+            if self._truncated:
+                logger.warning(
+                    f"{self._truncated} of {len(texts)} texts are longer than the limit and were truncated "
+                    "(pass max_length to change it)."
+                )
+            return result
+
         def preprocess(self, text, max_length=None):
-            check_texts([text])
-            return self.tokenizer(
-                text, truncation=True, max_length=max_length or self.model.config.max_length, return_tensors="pt"
-            )
+            max_length = max_length or self.model.config.max_length
+            encoded = self.tokenizer(text, truncation=True, max_length=max_length + 1, return_tensors="pt")
+            if encoded["input_ids"].shape[-1] > max_length:
+                self._truncated = getattr(self, "_truncated", 0) + 1
+                encoded = self.tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+            return encoded
 
         def _forward(self, model_inputs):
             return {"logits": self.model(**model_inputs).logits}

@@ -144,6 +144,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
+            # Without this, transformers runs each CPU process alone (no DDP, gradients never averaged).
+            self.use_cpu = True
         super().__post_init__()
         if self.task_sampling not in SAMPLING_MODES:
             raise ValueError(f"--task_sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.task_sampling!r}.")
@@ -153,6 +156,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(f"--training_mode must be one of {', '.join(TRAINING_MODES)}, got {self.training_mode!r}.")
         if self.training_mode == "sequential" and not self.primary_tasks:
             raise ValueError("--training_mode sequential needs --primary_tasks (the tasks trained first).")
+
+
+    def __getstate__(self):
+        # The Trainer pickles these arguments into every checkpoint (training_args.bin): never the Hub token.
+        state = dict(self.__dict__)
+        state["hub_token"] = None
+        return state
 
 
 def parse_args(argv: Sequence[str] | None = None):
@@ -254,6 +264,23 @@ def _check_json_lines(path: str) -> None:
                 raise DataError(f"{path}, line {number}: malformed JSON ({error.msg}); fix or remove the line.") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(value).__name__}.")
+
+
+def check_label_types(spec: DataSpec, dataset: datasets.Dataset, columns: dict[str, str], split: str) -> None:
+    """A label column holds names (str) or ids (int), not both, and nothing else; name the first offending row."""
+    for task, column in columns.items():
+        kind = None
+        for index, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            found = "name" if isinstance(value, str) else "id" if type(value) is int else None
+            if found is None or (kind is not None and found != kind):
+                expected = f"label {kind}s like the rows before it" if kind else "a label name or id"
+                raise DataError(
+                    f"{spec.name} ({split}), {row_name(spec, index)}: label {value!r} of type {type(value).__name__} "
+                    f"for task {task!r} (column {column!r}); expected {expected}. Use one kind of label per column."
+                )
+            kind = found
 
 
 def row_name(spec: DataSpec, index: int) -> str:
@@ -399,6 +426,7 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         for spec in specs:
             dataset = load_source(spec, split, max_rows)
             columns = resolve_columns(spec, dataset, tasks, label_columns, data_args.text_column, split)
+            check_label_types(spec, dataset, columns, split)
             loaded.append((spec, dataset, columns))
         return loaded
 
@@ -540,7 +568,12 @@ class MultiTaskSampler(torch.utils.data.Sampler):
                 chunk = order[start : start + window]
                 chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
                 batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            order = np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+            # Shuffle the full batches only; short ones (a window's tail) go last, or every batch after one would
+            # straddle two length groups once the DataLoader cuts the stream into batch_size pieces.
+            full = [batch for batch in batches if len(batch) == self.batch_size]
+            short = [batch for batch in batches if len(batch) < self.batch_size]
+            if batches:
+                order = np.concatenate([full[i] for i in rng.permutation(len(full))] + short)
         return iter(order.tolist())
 
 
@@ -672,17 +705,18 @@ def save_model_atomically(model, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
     staging = os.path.join(output_dir, f".saving-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    target_config = os.path.join(output_dir, "config.json")
-    if os.path.exists(target_config):
-        os.remove(target_config)
-    names = sorted(os.listdir(staging), key=lambda name: name == "config.json")
-    for name in names:
-        destination = os.path.join(output_dir, name)
-        if os.path.isdir(destination):
-            shutil.rmtree(destination)
-        os.replace(os.path.join(staging, name), destination)
-    os.rmdir(staging)
+    try:
+        model.save_pretrained(staging)
+        target_config = os.path.join(output_dir, "config.json")
+        if os.path.exists(target_config):
+            os.remove(target_config)
+        for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
+            destination = os.path.join(output_dir, name)
+            if os.path.isdir(destination):
+                shutil.rmtree(destination)
+            os.replace(os.path.join(staging, name), destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskTrainingArguments) -> dict[str, Any]:
@@ -709,6 +743,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
 
     model = build_model(model_args, data.tasks, weights or None)
     model.tokenizer = tokenizer
+    model.config.max_length = data_args.max_length  # predict/encode truncate as training did
     if model_args.freeze_encoder:
         model.encoder.requires_grad_(False)
     metrics_fn = MultiTaskMetrics(data.tasks)

@@ -1,0 +1,126 @@
+"""Fast paths (bf16, ONNX fp32, ONNX int8) agree with fp32 on real validation texts, and the ONNX graph handles
+every batch size and sequence length. The model is all-MiniLM-L6-v2 with heads briefly fine-tuned on real data, so
+that label agreement means something."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import SHARED_DATA
+
+pytest.importorskip("onnxruntime")
+
+
+def validation_texts(n_per_task=300):
+    rows = {}
+    for task in ("topic", "sentiment"):
+        with open(SHARED_DATA / f"{task}_validation.jsonl", encoding="utf-8") as handle:
+            rows[task] = [json.loads(line) for line in handle][:n_per_task]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, minilm_path):
+    from sentence_multitask.training import main
+
+    out = tmp_path_factory.mktemp("fast-paths") / "model"
+    main(["--encoder", minilm_path,
+          "--train_files", f"topic={SHARED_DATA / 'topic_train.jsonl'}", f"sentiment={SHARED_DATA / 'sentiment_train.jsonl'}",
+          "--labels", "topic=sports,health,tech,finance,education,other", "sentiment=negative,neutral,positive",
+          "--max_train_samples", "1500", "--max_steps", "80", "--max_length", "64", "--learning_rate", "1e-4",
+          "--eval_strategy", "no", "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
+          "--seed", "0"])
+    from sentence_multitask import SentenceMultiTaskModel
+
+    return SentenceMultiTaskModel.from_pretrained(out).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from sentence_multitask.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx")
+    export_onnx(trained, path, quantize=True)
+    return path
+
+
+def compare(model, other_encode, other_proba, rows):
+    texts = [row["text"] for task_rows in rows.values() for row in task_rows]
+    reference = model.encode(texts, batch_size=32)
+    embeddings = other_encode(texts)
+    cosine = (reference * embeddings).sum(1) / np.linalg.norm(embeddings, axis=1)
+    base, fast = model.predict_proba(texts), other_proba(texts)
+    same = {task: float((base[task].argmax(-1) == fast[task].argmax(-1)).float().mean()) for task in base}
+    accuracy = {}
+    offset = 0
+    for task, task_rows in rows.items():
+        labels = model.config.tasks[task]
+        truth = torch.tensor([labels.index(row["label"]) for row in task_rows])
+        window = slice(offset, offset + len(task_rows))
+        accuracy[task] = (float((base[task][window].argmax(-1) == truth).float().mean()),
+                          float((fast[task][window].argmax(-1) == truth).float().mean()))
+        offset += len(task_rows)
+    return cosine, same, accuracy
+
+
+def test_bf16_agrees_with_fp32(trained):
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    cosine, same, _ = compare(trained, lambda t: trained.encode(t, precision="bf16"),
+                              lambda t: trained.predict_proba(t, precision="bf16"), validation_texts())
+    assert cosine.min() >= 0.9999
+    assert all(share >= 0.995 for share in same.values()), same
+
+
+def test_onnx_fp32_matches_pytorch(trained, exported):
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    onnx_model = OnnxSentenceMultiTask.from_pretrained(exported)
+    cosine, same, _ = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts(150))
+    assert cosine.min() >= 0.99999
+    assert all(share == 1.0 for share in same.values()), same
+
+
+def test_onnx_int8_within_bounds(trained, exported):
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    onnx_model = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
+    cosine, same, accuracy = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts())
+    assert cosine.mean() >= 0.98
+    assert all(share >= 0.99 for share in same.values()), same
+    assert all(fp32 - int8 <= 0.005 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_onnx_graph_handles_every_shape(trained, exported, batch):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(exported / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    generator = torch.Generator().manual_seed(batch)
+    for length in (1, 2, 5, 31, 64, 128, 255, 512):
+        input_ids = torch.randint(1000, 30000, (batch, length), generator=generator)
+        attention_mask = torch.ones(batch, length, dtype=torch.long)
+        for row in range(batch):  # random right padding, at least one real token
+            attention_mask[row, int(torch.randint(1, length + 1, (1,), generator=generator)):] = 0
+        with torch.no_grad():
+            expected = trained(input_ids=input_ids, attention_mask=attention_mask)
+        got = dict(zip(names, session.run(None, {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()})))
+        assert np.abs(got["embeddings"] - expected.embeddings.numpy()).max() < 1e-4, (batch, length)
+        for task, logits in expected.logits.items():
+            assert np.abs(got[f"logits_{task}"] - logits.numpy()).max() < 1e-4, (batch, length, task)
+
+
+def test_cli_predict_with_onnx_backend(trained, exported):
+    import subprocess
+    import sys
+
+    text = "The striker scored twice in the final."
+    result = subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "predict", "--model", str(exported),
+                             "--backend", "onnx", text], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = trained.predict(text)
+    assert {task: row[task]["label"] for task in expected} == {task: value["label"] for task, value in expected.items()}
