@@ -123,6 +123,12 @@ def write_report(out: Path) -> None:
         limited_table(results),
         "",
     ]
+    if "reproduction" in results:
+        reproduction = results["reproduction"]
+        text += ["## Reproduction", "",
+                 f"`{reproduction['evaluate_command']}` reproduces the multi-task row: largest difference "
+                 f"{reproduction['max_abs_difference_to_reported']:.2g}. Loaded with `trust_remote_code` in a process that "
+                 f"cannot import the package: `{reproduction['loaded_without_package']}`.", ""]
     if has_plot:
         text += ["![limited-data study](limited_data.png)", ""]
     (out / "results.md").write_text("\n".join(text))

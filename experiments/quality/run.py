@@ -196,6 +196,37 @@ class Experiment:
         self.train("single_sentiment", {"tasks": ["sentiment"], "train_files": [f"sentiment={files['sentiment_train']}"],
                                         "validation_files": self.validation("sentiment")})
 
+    def reproduce(self) -> None:
+        """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
+        model_dir = self.out / "runs" / "multitask" / "model"
+        report_path = self.out / "evaluate_multitask.json"
+        subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "evaluate", "--model", str(model_dir), "--data",
+                        *self.validation("topic", "sentiment"), "--output", str(report_path)],
+                       check=True, capture_output=True)
+        report = json.loads(report_path.read_text())
+        reported = self.results["runs"]["multitask"]["metrics"]
+        differences = [abs(report["tasks"][task][name] - reported[task][name])
+                       for task in reported for name in ("accuracy", "macro_f1", "macro_recall")]
+        blocked = (
+            "import sys, importlib.abc\n"
+            "class B(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'sentence_multitask': raise ImportError(name)\n"
+            "sys.meta_path.insert(0, B())\n"
+            "from transformers import AutoModel\n"
+            f"model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True)\n"
+            "print(type(model).__module__, model.predict('The striker scored twice in the final.'))\n"
+        )
+        loaded = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
+        self.results["reproduction"] = {
+            "evaluate_command": f"sentence-multitask evaluate --model {model_dir.relative_to(self.out)} --data "
+                                "topic=topic_validation.jsonl sentiment=sentiment_validation.jsonl",
+            "max_abs_difference_to_reported": max(differences),
+            "loaded_without_package": loaded.stdout.strip().splitlines()[-1],
+        }
+        self.save()
+        print("reproduction:", json.dumps(self.results["reproduction"]), flush=True)
+
     def limited_data(self) -> None:
         """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder)."""
         files = self.files
@@ -232,6 +263,7 @@ def main(argv=None) -> None:
     started = time.time()
     if args.only in ("main", "all"):
         experiment.main_table()
+        experiment.reproduce()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
