@@ -27,8 +27,9 @@ def render_model_card(model) -> str:
         EvalResult(
             task_type="text-classification",
             task_name=f"{task} classification",
-            dataset_type=summary.get("eval_dataset_type", "custom"),
-            dataset_name=summary.get("eval_dataset_name", f"{task} validation"),
+            # The Hub groups model-index results by dataset type: one per task keeps each task's metrics apart.
+            dataset_type=f"{task}-validation",
+            dataset_name=(summary.get("validation_data") or {}).get(task, f"{task} validation"),
             dataset_split="validation",
             metric_type=metric,
             metric_name=f"{task} {METRIC_NAMES[metric]}",

@@ -396,6 +396,7 @@ class PreparedData:
     validation: datasets.Dataset | None
     train_sizes: list[int]  # rows per training source, in source order (column "source")
     description: dict[str, str]
+    validation_description: dict[str, str]
     dataset_names: list[str]
 
 
@@ -468,6 +469,11 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         files = [f"{Path(spec.source).name if not spec.is_hub else spec.source} ({len(dataset)} rows)"
                  for spec, dataset, columns in train_sources if task in columns]
         description[task] = "trained on " + ", ".join(files)
+    validation_description = {
+        task: ", ".join(Path(spec.source).name if not spec.is_hub else spec.source
+                        for spec, _, columns in validation_sources if task in columns)
+        for task in labels
+    }
     names = [spec.source for spec, _, _ in train_sources if spec.is_hub]
     return PreparedData(
         tasks=labels,
@@ -475,6 +481,7 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         validation=validation,
         train_sizes=[len(dataset) for _, dataset, _ in train_sources],
         description=description,
+        validation_description={task: value for task, value in validation_description.items() if value},
         dataset_names=names,
     )
 
@@ -851,6 +858,7 @@ def training_summary(model_args, data_args, args, data: PreparedData, metrics_fn
         "repo_id": args.hub_model_id or Path(args.output_dir).name,
         "datasets": data.dataset_names,
         "data": data.description,
+        "validation_data": data.validation_description,
         "data_note": (
             "**Demo model.** It was fine-tuned on the small demonstration set bundled with sentence-multitask "
             "(360 hand-written sentences), to show the workflow; do not use it for real decisions."
