@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -174,14 +176,14 @@ def test_card_lists_labels_and_usage(tmp_path, minilm_model):
     assert "`sports`, `health`, `tech`, `finance`, `education`, `other`" in card
 
 
-def test_code_files_import_only_torch_transformers_and_each_other():
+def test_code_files_import_only_torch_transformers_stdlib_and_each_other():
     import ast
     from pathlib import Path
 
     import sentence_multitask
 
     folder = Path(sentence_multitask.__file__).parent
-    allowed = {"torch", "transformers", "__future__", "collections", "dataclasses", "typing", "inspect", "os", "threading"}
+    allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
     for name in ("configuration_sentence_multitask.py", "modeling_sentence_multitask.py"):
         tree = ast.parse((folder / name).read_text())
         for node in ast.walk(tree):

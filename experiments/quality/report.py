@@ -86,9 +86,11 @@ def plot(results: dict, path: Path) -> bool:
                 source = runs.get("single_topic") if method == "sequential" else run
                 topic.append(((source or {}).get("metrics", {}).get("topic") or {}).get("accuracy"))
         if xs:
-            axes[0].plot(xs, recall, marker="o", label=name)
+            color = {"single": "C0", "joint": "C1", "sequential": "C2"}[method]
+            axes[0].plot(xs, recall, marker="o", label=name, color=color)
             if any(value is not None for value in topic):
-                axes[1].plot([x for x, t in zip(xs, topic) if t is not None], [t for t in topic if t is not None], marker="o", label=name)
+                axes[1].plot([x for x, t in zip(xs, topic) if t is not None], [t for t in topic if t is not None],
+                             marker="o", label=name, color=color)
     for axis, title in zip(axes, ("Sentiment macro-recall (validation)", "Topic accuracy (validation)")):
         axis.set_xscale("log")
         axis.set_xlabel("share of sentiment training data (%)")
