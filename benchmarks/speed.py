@@ -68,7 +68,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_paths(model_dir: str | None, texts: list[str], onnx_dir: Path):
+def build_paths(model_dir: str | None, onnx_dir: Path):
     """name -> (callable(texts) -> embeddings or None, kind). Loads everything once."""
     from sentence_transformers import SentenceTransformer
 
@@ -226,7 +226,7 @@ def main() -> None:
     texts = corpus(args.texts, args.long_share)
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
-    paths, model, anchor, onnx_fp32, onnx_int8 = build_paths(args.model, texts, results_dir / "onnx-model")
+    paths, model, anchor, onnx_fp32, onnx_int8 = build_paths(args.model, results_dir / "onnx-model")
     tokens = sum(len(ids) for ids in model._tokenize(texts, None))
     floors = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
     for run in paths.values():  # warm-up

@@ -113,15 +113,20 @@ def tiny_tokenizer(tiny_encoder):
     return AutoTokenizer.from_pretrained(tiny_encoder)
 
 
+def write_train_file(folder, seed: int, rows: int, words_per_text: tuple[int, int]) -> str:
+    """Random texts from a small vocabulary, each labelled for both tasks."""
+    rng = random.Random(seed)
+    words = ["the", "team", "won", "doctor", "clinic", "app", "crash", "laptop", "joy", "awful", "match", "flu"]
+    data = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(*words_per_text))),
+             "topic": rng.choice(TASKS["topic"]), "sentiment": rng.choice(TASKS["sentiment"])} for _ in range(rows)]
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in data), encoding="utf-8")
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory) -> str:
-    rng = random.Random(0)
-    words = ["the", "team", "won", "doctor", "clinic", "app", "crash", "laptop", "joy", "awful", "match", "flu"]
-    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(3, 30))),
-             "topic": rng.choice(TASKS["topic"]), "sentiment": rng.choice(TASKS["sentiment"])} for _ in range(64)]
-    path = tmp_path_factory.mktemp("train-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
+    return write_train_file(tmp_path_factory.mktemp("train-data"), seed=0, rows=64, words_per_text=(3, 30))
 
 
 def train_args(tiny_encoder: str, train_file: str, output_dir, *extra: str) -> list[str]:
@@ -630,13 +635,7 @@ def _assert_every_checkpoint_loads(directory: Path, context: str) -> None:
 @pytest.fixture(scope="module")
 def long_train_file(tmp_path_factory) -> str:
     """128 rows of ~110 words: with batch 64 each step takes long enough to be killed in the middle of training."""
-    rng = random.Random(1)
-    words = ["the", "team", "won", "doctor", "clinic", "app", "crash", "laptop", "joy", "awful", "match", "flu"]
-    rows = [{"text": " ".join(rng.choice(words) for _ in range(rng.randint(90, 126))),
-             "topic": rng.choice(TASKS["topic"]), "sentiment": rng.choice(TASKS["sentiment"])} for _ in range(128)]
-    path = tmp_path_factory.mktemp("long-train-data") / "train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return str(path)
+    return write_train_file(tmp_path_factory.mktemp("long-train-data"), seed=1, rows=128, words_per_text=(90, 126))
 
 
 def test_sigkill_after_the_first_checkpoint_then_resume_gives_the_uninterrupted_weights(tiny_encoder, long_train_file,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
-from .modeling_sentence_multitask import SentenceMultiTaskModel
+from .modeling_sentence_multitask import SentenceMultiTaskModel, check_texts
 
 ONNX_FOLDER = "onnx"
 FP32_FILE = "model.onnx"
@@ -148,8 +148,6 @@ class OnnxSentenceMultiTask:
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         if precision not in (None, "fp32"):
             raise ValueError("The ONNX model runs at the precision it was exported with; leave precision unset.")
-        from .modeling_sentence_multitask import check_texts
-
         texts = check_texts(texts)
         tasks = list(self.config.tasks)
         embeddings = np.empty((len(texts), self.config.hidden_size), dtype=np.float32)
