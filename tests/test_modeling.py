@@ -89,6 +89,21 @@ def test_predict_keeps_input_order_for_unsorted_lengths(minilm_model):
     assert np.abs(embeddings - singles).max() < 1e-5
 
 
+def test_cpu_batches_of_long_texts_stay_under_the_token_cap_with_unchanged_results(minilm_model, monkeypatch):
+    from sentence_multitask import modeling_sentence_multitask as modeling
+
+    texts = [f"sentence number {i} " * (1 + i % 40) for i in range(48)] + [f"short text {i}" for i in range(32)]
+    batches = list(minilm_model._batches(texts, 32, 256, False))
+    assert sorted(i for positions, _ in batches for i in positions) == list(range(80))
+    sizes = [tuple(inputs["input_ids"].shape) for _, inputs in batches]
+    assert all(rows * width <= modeling.CPU_BATCH_TOKENS for rows, width in sizes), sizes
+    assert max(rows for rows, _ in sizes) == 32  # short texts still fill whole batches
+    capped = minilm_model.encode(texts, batch_size=32)
+    monkeypatch.setattr(modeling, "CPU_BATCH_TOKENS", 10**9)
+    assert min(rows for rows, _ in (tuple(i["input_ids"].shape) for _, i in minilm_model._batches(texts, 32, 256, False))) >= 16
+    assert np.abs(minilm_model.encode(texts, batch_size=32) - capped).max() < 1e-5
+
+
 def test_loss_matches_hand_computation_with_partial_labels(tiny_encoder):
     torch.manual_seed(0)
     model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS, task_weights={"sentiment": 0.5})
