@@ -96,6 +96,18 @@ def test_onnx_int8_within_bounds(trained, exported):
     assert all(fp32 - int8 <= 0.01 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
 
 
+def test_int8_graph_keeps_heads_and_embeddings_in_fp32(trained, exported):
+    import onnx
+
+    from sentence_multitask.onnx import INT8_FILE, ONNX_FOLDER
+
+    nodes = onnx.load(str(exported / ONNX_FOLDER / INT8_FILE)).graph.node
+    head_ops = {node.op_type for node in nodes if any(node.name.startswith(f"/model/{task}/") for task in trained.config.tasks)}
+    assert head_ops == {"Gemm"}, head_ops
+    assert "QEmbedLayerNormalization" not in {node.op_type for node in nodes}
+    assert {"QAttention", "MatMulInteger"} & {node.op_type for node in nodes}  # the encoder is quantized
+
+
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_onnx_graph_handles_every_shape(trained, exported, batch):
     import onnxruntime
