@@ -1,12 +1,14 @@
-"""sentence-multitask: one sentence encoder, several classification heads, one forward pass."""
+"""sentence-multitask: one sentence encoder, several classification heads, one forward pass.
+
+The model and config classes load on first use (`from sentence_multitask import SentenceMultiTaskModel`): they need
+transformers, which takes seconds to import, and `sentence-multitask predict` on a saved model does without it.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
-
-from .configuration_sentence_multitask import SentenceMultiTaskConfig
-from .modeling_sentence_multitask import SentenceMultiTaskModel, SentenceMultiTaskOutput
 
 __version__ = "0.1.0"
 
@@ -31,11 +33,25 @@ def _render_model_card(model) -> str:
     return render_model_card(model)
 
 
-SentenceMultiTaskModel.card_renderer = staticmethod(_render_model_card)
-SentenceMultiTaskModel.default_encoder = local_default_encoder() or SentenceMultiTaskModel.default_encoder
+def _install_model_hooks(model_class) -> None:
+    """Called by modeling_sentence_multitask when it is imported from this package, however it is imported (it is
+    not called when that file runs as remote code from a model folder): README.md on save, the offline encoder."""
+    model_class.card_renderer = staticmethod(_render_model_card)
+    model_class.default_encoder = local_default_encoder() or model_class.default_encoder
+
+
+_LAZY_NAMES = {
+    "SentenceMultiTaskConfig": "configuration_sentence_multitask",
+    "SentenceMultiTaskModel": "modeling_sentence_multitask",
+    "SentenceMultiTaskOutput": "modeling_sentence_multitask",
+}
 
 
 def __getattr__(name: str):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value
+        return value
     # The pipeline class (and transformers.pipelines behind it) loads on first use, and is then registered for
     # `pipeline("sentence-multitask", model=...)` in this process; saved models carry it in config.json.
     if name == "SentenceMultiTaskPipeline":
@@ -45,11 +61,16 @@ def __getattr__(name: str):
 
         pipeline_class = modeling_sentence_multitask.SentenceMultiTaskPipeline
         PIPELINE_REGISTRY.register_pipeline(
-            "sentence-multitask", pipeline_class=pipeline_class, pt_model=SentenceMultiTaskModel, type="text"
+            "sentence-multitask", pipeline_class=pipeline_class,
+            pt_model=modeling_sentence_multitask.SentenceMultiTaskModel, type="text",
         )
         globals()[name] = pipeline_class
         return pipeline_class
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -1,13 +1,15 @@
 """One encoder, one pooled sentence embedding, one small MLP head per task.
 
 This file travels with every saved model and is executed by ``trust_remote_code``: it imports only torch,
-transformers, the standard library and the configuration file next to it.
+transformers, the standard library and the two files next to it (configuration, and the inference helpers it shares
+with the transformers-free runtime of the sentence_multitask package).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,17 +23,23 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
+from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_texts, PRECISIONS, ...)
+    CPU_BATCH_TOKENS,
+    PRECISIONS,
+    PROGRESS_BAR_MIN_TEXTS,
+    SentenceInferenceMixin,
+    TaskHead,
+    _label_results,
+    check_texts,
+    length_sorted_batches,
+    pool,
+    resolve_precision,
+    token_ids,
+)
 
 logger = logging.get_logger(__name__)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
-PROGRESS_BAR_MIN_TEXTS = 256
-# On CPU a batch holds at most this many tokens (rows x padded width). The largest activation, (tokens, 4 x hidden)
-# in fp32, then stays near 12 MB for MiniLM, under glibc's 32 MB mmap ceiling: freed activations are reused from the
-# heap instead of being mapped and page-faulted afresh on every layer. Measured on long texts: ~480k page faults per
-# 1,024 texts become ~0, and encode runs 15-25 % faster with identical results (benchmarks/speed.py).
-CPU_BATCH_TOKENS = 2048
-
 
 @dataclass
 class SentenceMultiTaskOutput(ModelOutput):
@@ -52,30 +60,6 @@ class SentenceMultiTaskOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
 
 
-class TaskHead(nn.Module):
-    """Linear(hidden -> head) -> GELU -> dropout -> Linear(head -> labels)."""
-
-    def __init__(self, hidden_size: int, head_size: int, num_labels: int, dropout: float):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, head_size)
-        self.activation = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(head_size, num_labels)
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.dropout(self.activation(self.dense(embeddings))))
-
-
-def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Turn `(batch, tokens, hidden)` states into `(batch, hidden)` sentence embeddings, ignoring padding."""
-    if mode == "cls":
-        return token_states[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
-    if mode == "max":
-        return token_states.masked_fill(mask == 0, torch.finfo(token_states.dtype).min).amax(dim=1)
-    return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
 class SentenceMultiTaskPreTrainedModel(PreTrainedModel):
     config_class = SentenceMultiTaskConfig
     base_model_prefix = "sentence_multitask"
@@ -91,7 +75,7 @@ class SentenceMultiTaskPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
 
-class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
+class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrainedModel):
     """
     Multi-task sentence model: `encoder -> pooling -> {task: head}`.
 
@@ -112,8 +96,6 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
     # the default encoder live. Loaded as remote code, the model writes no card and defaults to the Hub id.
     card_renderer: ClassVar[Callable[..., str] | None] = None
     default_encoder: ClassVar[str] = DEFAULT_ENCODER
-    # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
-    inference_precision: str = "fp32"
 
     def __init__(self, config: SentenceMultiTaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
@@ -301,140 +283,28 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
 
     def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
-        max_length = int(max_length or self.config.max_length)
-        limit = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(limit, int) and 0 < limit < max_length:
-            max_length = limit
+        tokenizer = self.tokenizer
+
+        def encode(batch: list[str], limit: int) -> list[list[int]]:
+            return tokenizer(batch, truncation=True, max_length=limit, return_attention_mask=False,
+                             return_token_type_ids=False, verbose=False)["input_ids"]
+
         # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
         with self._tokenizer_lock:
-            # One token more than allowed tells which texts were cut, without a second full pass.
-            ids = self.tokenizer(texts, truncation=True, max_length=max_length + 1, return_attention_mask=False,
-                                 return_token_type_ids=False, verbose=False)["input_ids"]
-            cut = [i for i, row in enumerate(ids) if len(row) > max_length]
-            if cut:
-                redone = self.tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length,
-                                        return_attention_mask=False, return_token_type_ids=False, verbose=False)
-                for i, row in zip(cut, redone["input_ids"]):
-                    ids[i] = row
-        if cut:
-            logger.warning(
-                f"{len(cut)} of {len(texts)} texts are longer than {max_length} tokens and were truncated "
-                "(set max_length to change the limit)."
-            )
-        return ids
+            return token_ids(encode, texts, max_length or self.config.max_length,
+                             getattr(tokenizer, "model_max_length", None))
 
     def _batches(self, texts: list[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
         """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        ids = self._tokenize(texts, max_length)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        pad_id = self.tokenizer.pad_token_id or 0
         device = self.device
-        token_cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
-        if show_progress_bar is None:
-            show_progress_bar = len(texts) >= PROGRESS_BAR_MIN_TEXTS
-        progress = tqdm(total=len(order), desc="Texts", disable=not show_progress_bar)
-        start = 0
-        while start < len(order):
-            width = len(ids[order[start]])  # longest first: the first text of a batch sets its width
-            count = batch_size if token_cap is None else max(1, min(batch_size, token_cap // max(width, 1)))
-            positions = order[start : start + count]
-            start += len(positions)
-            rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
-            mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
-            yield positions, {
-                "input_ids": torch.tensor(rows, dtype=torch.long, device=device),
-                "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
-            }
-            progress.update(len(positions))
-        progress.close()
+        return length_sorted_batches(
+            texts, lambda batch: self._tokenize(batch, max_length), batch_size, pad_id=self.tokenizer.pad_token_id or 0,
+            device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
+            show_progress_bar=show_progress_bar, progress_bar=tqdm,
+        )
 
-    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
-        texts = check_texts(texts)
-        autocast_dtype = resolve_precision(precision or self.inference_precision, self.device)
-        embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
-        logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
-        if not texts:
-            return embeddings, logits
-        if self.training:
-            self.eval()  # inference never uses dropout; training code switches back with model.train()
-        autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-        with torch.inference_mode(), autocast:
-            for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
-                token_states = self.encoder(**inputs, return_dict=True).last_hidden_state
-                pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
-                index = torch.tensor(positions)
-                embeddings[index] = pooled.float().cpu()
-                if with_heads:
-                    for task, head in self.heads.items():
-                        logits[task][index] = head(pooled).float().cpu()
-        return embeddings, logits
-
-    def encode(
-        self,
-        texts: str | Sequence[str],
-        batch_size: int = 32,
-        normalize: bool = True,
-        convert_to: str = "numpy",
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        precision: str | None = None,
-    ):
-        """
-        Sentence embeddings of `texts`, in input order.
-
-        Args:
-            texts: one string or a list of strings.
-            batch_size: texts per forward pass (batches hold texts of similar length; on CPU a batch of long texts
-                is cut to at most `CPU_BATCH_TOKENS` tokens, which is faster and gives the same results).
-            normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
-            convert_to: `"numpy"` or `"torch"`.
-            max_length: truncate texts to this many tokens (default: `config.max_length`).
-            show_progress_bar: default on for 256 texts or more.
-            precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs; about 2x faster
-                on such CPUs, cosine to fp32 >= 0.9999), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware
-                runs it natively, else fp32). Default: `model.inference_precision`.
-
-        Returns:
-            An array or tensor of shape `(len(texts), hidden_size)`; `(hidden_size,)` for a single string.
-            An empty or whitespace-only text gets the embedding of the bare special tokens (`[CLS] [SEP]`).
-        """
-        if convert_to not in ("numpy", "torch"):
-            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}.")
-        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False, precision=precision)
-        if normalize:
-            embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
-        if isinstance(texts, str):
-            embeddings = embeddings[0]
-        return embeddings.numpy() if convert_to == "numpy" else embeddings
-
-    def predict(
-        self,
-        texts: str | Sequence[str],
-        batch_size: int = 32,
-        return_all_scores: bool = False,
-        max_length: int | None = None,
-        show_progress_bar: bool | None = None,
-        precision: str | None = None,
-    ) -> list[dict[str, dict[str, Any]]]:
-        """
-        Every task's label for each text, in input order (options as for `encode`).
-
-        Returns:
-            One dict per text: `{task: {"label": name, "score": probability}}`, plus `"scores"`
-            (`{label: probability}` over all labels) when `return_all_scores=True`. A single string gives one dict.
-        """
-        _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True, precision=precision)
-        results = _label_results(logits, self.config.tasks, return_all_scores)
-        return results[0] if isinstance(texts, str) else results
-
-    def predict_proba(
-        self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None, precision: str | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Per task, class probabilities of shape `(len(texts), num_labels)` in the configured label order."""
-        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True, precision=precision)
-        return {task: task_logits.softmax(-1) for task, task_logits in logits.items()}
+    def _token_states(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(**inputs, return_dict=True).last_hidden_state
 
     # ------------------------------------------------------------------ saving
 
@@ -467,67 +337,6 @@ class SentenceMultiTaskModel(SentenceMultiTaskPreTrainedModel):
         # push_to_hub writes the Hub's (or a generic) card over ours just before uploading: put ours back.
         self._write_card(working_dir)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
-
-
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None: plain fp32), refusing what the hardware lacks."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        if precision == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    native_bf16 = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    if precision == "auto":
-        return torch.bfloat16 if native_bf16 else None
-    if precision == "fp16":
-        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' (or 'auto').")
-    if not native_bf16:
-        logger.warning_once("This CPU has no native bf16: precision='bf16' is emulated and likely slower than fp32.")
-    return torch.bfloat16
-
-
-def check_texts(texts) -> list[str]:
-    """Return `texts` as a list of strings, or raise naming the first bad position."""
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(
-                f"texts[{position}] is {type(text).__name__}, not str: pass one string per text "
-                "(decode bytes first, drop or replace None)."
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"texts[{position}] holds a lone surrogate, which is not valid Unicode text; decode the source with "
-                "errors='replace' or remove the character."
-            ) from None
-    return list(texts)
-
-
-def _label_results(logits: Mapping[str, torch.Tensor], tasks: Mapping[str, list[str]], return_all_scores: bool):
-    n = len(next(iter(logits.values())))
-    results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
-    for task, task_logits in logits.items():
-        labels = tasks[task]
-        probs = task_logits.float().softmax(-1)
-        scores, best = probs.max(-1)
-        probs_list, scores_list, best_list = probs.tolist(), scores.tolist(), best.tolist()
-        for i in range(n):
-            entry = {"label": labels[best_list[i]], "score": scores_list[i]}
-            if return_all_scores:
-                entry["scores"] = dict(zip(labels, probs_list[i]))
-            results[i][task] = entry
-    return results
 
 
 def _encoder_kwargs(encoder_config) -> dict[str, Any]:
@@ -598,7 +407,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _install_package_hooks() -> None:
+    # Imported from the sentence_multitask package, the package renders README.md on save and knows where the offline
+    # default encoder lives. Asking the parent package instead of importing it keeps this file runnable as remote code
+    # from a model folder, where the parent is transformers' module cache and offers no hooks.
+    package = sys.modules.get(__name__.rpartition(".")[0])
+    install = getattr(package, "_install_model_hooks", None)
+    if install is not None:
+        install(SentenceMultiTaskModel)
+
+
 SentenceMultiTaskConfig.register_for_auto_class()
 SentenceMultiTaskModel.register_for_auto_class("AutoModel")
+_install_package_hooks()
 
 __all__ = ["SentenceMultiTaskModel", "SentenceMultiTaskOutput", "SentenceMultiTaskPipeline", "SentenceMultiTaskPreTrainedModel"]

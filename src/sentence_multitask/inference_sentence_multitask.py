@@ -1,0 +1,292 @@
+"""Inference shared by the model and the transformers-free runtime (`sentence_multitask.runtime`): text checks,
+precision, tokenising with one truncation warning per call, length-sorted batching, pooling, the task heads and the
+`encode` / `predict` API on top of them.
+
+This file travels with every saved model, next to the modeling file that imports it, and is executed by
+``trust_remote_code``. It imports only torch and the standard library: the runtime uses it without importing
+transformers, whose modeling stack takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_BAR_MIN_TEXTS = 256
+# On CPU a batch holds at most this many tokens (rows x padded width). The largest activation, (tokens, 4 x hidden)
+# in fp32, then stays near 12 MB for MiniLM, under glibc's 32 MB mmap ceiling: freed activations are reused from the
+# heap instead of being mapped and page-faulted afresh on every layer. Measured on long texts: ~480k page faults per
+# 1,024 texts become ~0, and encode runs 15-25 % faster with identical results (benchmarks/speed.py).
+CPU_BATCH_TOKENS = 2048
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+class TaskHead(nn.Module):
+    """Linear(hidden -> head) -> GELU -> dropout -> Linear(head -> labels)."""
+
+    def __init__(self, hidden_size: int, head_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, head_size)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(head_size, num_labels)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.dropout(self.activation(self.dense(embeddings))))
+
+
+def pool(token_states: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Turn `(batch, tokens, hidden)` states into `(batch, hidden)` sentence embeddings, ignoring padding."""
+    if mode == "cls":
+        return token_states[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+    if mode == "max":
+        return token_states.masked_fill(mask == 0, torch.finfo(token_states.dtype).min).amax(dim=1)
+    return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+@functools.lru_cache(None)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None: plain fp32), refusing what the hardware lacks."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    native_bf16 = device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16 else None
+    if precision == "fp16":
+        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' (or 'auto').")
+    if not native_bf16:
+        _warn_once("This CPU has no native bf16: precision='bf16' is emulated and likely slower than fp32.")
+    return torch.bfloat16
+
+
+def check_texts(texts) -> list[str]:
+    """Return `texts` as a list of strings, or raise naming the first bad position."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{position}] is {type(text).__name__}, not str: pass one string per text "
+                "(decode bytes first, drop or replace None)."
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"texts[{position}] holds a lone surrogate, which is not valid Unicode text; decode the source with "
+                "errors='replace' or remove the character."
+            ) from None
+    return list(texts)
+
+
+def _label_results(logits: Mapping[str, torch.Tensor], tasks: Mapping[str, list[str]], return_all_scores: bool):
+    n = len(next(iter(logits.values())))
+    results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    for task, task_logits in logits.items():
+        labels = tasks[task]
+        probs = task_logits.float().softmax(-1)
+        scores, best = probs.max(-1)
+        probs_list, scores_list, best_list = probs.tolist(), scores.tolist(), best.tolist()
+        for i in range(n):
+            entry = {"label": labels[best_list[i]], "score": scores_list[i]}
+            if return_all_scores:
+                entry["scores"] = dict(zip(labels, probs_list[i]))
+            results[i][task] = entry
+    return results
+
+
+def token_ids(
+    encode: Callable[[list[str], int], list[list[int]]],
+    texts: list[str],
+    max_length: int,
+    model_max_length: int | None,
+) -> list[list[int]]:
+    """
+    Token ids of every text, truncated to `max_length` tokens (at most the tokenizer's `model_max_length`), with one
+    warning for the whole call. `encode(texts, limit)` tokenises with special tokens, truncating to `limit` tokens.
+    """
+    max_length = int(max_length)
+    if isinstance(model_max_length, int) and 0 < model_max_length < max_length:
+        max_length = model_max_length
+    # One token more than allowed tells which texts were cut, without a second full pass.
+    ids = encode(texts, max_length + 1)
+    cut = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if cut:
+        for i, row in zip(cut, encode([texts[i] for i in cut], max_length)):
+            ids[i] = row
+        logger.warning(
+            f"{len(cut)} of {len(texts)} texts are longer than {max_length} tokens and were truncated "
+            "(set max_length to change the limit)."
+        )
+    return ids
+
+
+def length_sorted_batches(
+    texts: list[str],
+    tokenize: Callable[[list[str]], list[list[int]]],
+    batch_size: int,
+    *,
+    pad_id: int,
+    device: torch.device,
+    token_cap: int | None,
+    show_progress_bar: bool | None,
+    progress_bar: Callable[..., Any],
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """
+    Tokenise once with `tokenize(texts)`, then yield `(positions, inputs)` batches of similar length, longest first:
+    at most `batch_size` texts and, with `token_cap`, at most that many tokens per batch (but always one text).
+    `progress_bar` is a tqdm-like class, shown by default for `PROGRESS_BAR_MIN_TEXTS` texts or more.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    ids = tokenize(texts)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    if show_progress_bar is None:
+        show_progress_bar = len(texts) >= PROGRESS_BAR_MIN_TEXTS
+    progress = progress_bar(total=len(order), desc="Texts", disable=not show_progress_bar)
+    start = 0
+    while start < len(order):
+        width = len(ids[order[start]])  # longest first: the first text of a batch sets its width
+        count = batch_size if token_cap is None else max(1, min(batch_size, token_cap // max(width, 1)))
+        positions = order[start : start + count]
+        start += len(positions)
+        rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
+        mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
+        yield positions, {
+            "input_ids": torch.tensor(rows, dtype=torch.long, device=device),
+            "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
+        }
+        progress.update(len(positions))
+    progress.close()
+
+
+class SentenceInferenceMixin:
+    """
+    `encode`, `predict` and `predict_proba` for a model that provides `config` (`tasks`, `pooling`, `hidden_size`,
+    `num_labels_per_task`), `device`, `heads` (task -> [`TaskHead`]), `training` / `eval()` (as an `nn.Module` does),
+    `_batches(texts, batch_size, max_length, show_progress_bar)` and `_token_states(inputs)` (the encoder's last
+    hidden states of one batch). A model may instead override `_run` (the ONNX model does).
+    """
+
+    # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
+    inference_precision: str = "fp32"
+
+    def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
+        texts = check_texts(texts)
+        autocast_dtype = resolve_precision(precision or self.inference_precision, self.device)
+        embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
+        logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
+        if not texts:
+            return embeddings, logits
+        if self.training:
+            self.eval()  # inference never uses dropout; training code switches back with model.train()
+        autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+        with torch.inference_mode(), autocast:
+            for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
+                token_states = self._token_states(inputs)
+                pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
+                index = torch.tensor(positions)
+                embeddings[index] = pooled.float().cpu()
+                if with_heads:
+                    for task, head in self.heads.items():
+                        logits[task][index] = head(pooled).float().cpu()
+        return embeddings, logits
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        convert_to: str = "numpy",
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        precision: str | None = None,
+    ):
+        """
+        Sentence embeddings of `texts`, in input order.
+
+        Args:
+            texts: one string or a list of strings.
+            batch_size: texts per forward pass (batches hold texts of similar length; on CPU a batch of long texts
+                is cut to at most `CPU_BATCH_TOKENS` tokens, which is faster and gives the same results).
+            normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
+            convert_to: `"numpy"` or `"torch"`.
+            max_length: truncate texts to this many tokens (default: `config.max_length`).
+            show_progress_bar: default on for 256 texts or more.
+            precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs; about 2x faster
+                on such CPUs, cosine to fp32 >= 0.9999), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware
+                runs it natively, else fp32). Default: `model.inference_precision`.
+
+        Returns:
+            An array or tensor of shape `(len(texts), hidden_size)`; `(hidden_size,)` for a single string.
+            An empty or whitespace-only text gets the embedding of the bare special tokens (`[CLS] [SEP]`).
+        """
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}.")
+        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False, precision=precision)
+        if normalize:
+            embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
+        if isinstance(texts, str):
+            embeddings = embeddings[0]
+        return embeddings.numpy() if convert_to == "numpy" else embeddings
+
+    def predict(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        return_all_scores: bool = False,
+        max_length: int | None = None,
+        show_progress_bar: bool | None = None,
+        precision: str | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """
+        Every task's label for each text, in input order (options as for `encode`).
+
+        Returns:
+            One dict per text: `{task: {"label": name, "score": probability}}`, plus `"scores"`
+            (`{label: probability}` over all labels) when `return_all_scores=True`. A single string gives one dict.
+        """
+        _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True, precision=precision)
+        results = _label_results(logits, self.config.tasks, return_all_scores)
+        return results[0] if isinstance(texts, str) else results
+
+    def predict_proba(
+        self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None, precision: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per task, class probabilities of shape `(len(texts), num_labels)` in the configured label order."""
+        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True, precision=precision)
+        return {task: task_logits.softmax(-1) for task, task_logits in logits.items()}
+
+
+__all__ = [
+    "CPU_BATCH_TOKENS",
+    "PRECISIONS",
+    "PROGRESS_BAR_MIN_TEXTS",
+    "SentenceInferenceMixin",
+    "TaskHead",
+    "check_texts",
+    "length_sorted_batches",
+    "pool",
+    "resolve_precision",
+    "token_ids",
+]
