@@ -1,6 +1,7 @@
 """`sentence-multitask` command line: train, evaluate, predict, embed.
 
-Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code.
+Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code, and
+`predict` / `embed --model DIR` run a saved BERT-encoder model without importing transformers (see runtime.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str
     return lines
 
 
-def load_model(path: str, args):
+def load_model(path: str, args, runtime: bool = False):
+    """
+    The model at `path` for `args` (backend, device, threads, precision). With `runtime`, a local model the
+    transformers-free runtime can serve on CPU is served by it: same results, and no seconds spent importing
+    transformers' modeling stack; any other model loads as before.
+    """
     if not os.path.isdir(path) and os.path.exists(path):
         raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
     if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
@@ -57,14 +63,25 @@ def load_model(path: str, args):
         return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8", threads=args.threads)
     import torch
 
-    from .modeling_sentence_multitask import SentenceMultiTaskModel
-
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = getattr(args, "precision", None) or "fp32"
+    if runtime and device == "cpu":
+        from .runtime import SentenceMultiTaskRuntime, UnsupportedModelError
+
+        try:
+            model = SentenceMultiTaskRuntime.from_pretrained(path)
+        except UnsupportedModelError:
+            pass  # SentenceMultiTaskModel serves it, and reports any problem with the files in its own words
+        else:
+            model.inference_precision = precision
+            return model
+    from .modeling_sentence_multitask import SentenceMultiTaskModel
+
     # The package's own class: same code as the model's remote code, without copying it into the modules cache.
     model = SentenceMultiTaskModel.from_pretrained(path)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.inference_precision = getattr(args, "precision", None) or "fp32"
+    model.inference_precision = precision
     return model.to(device)
 
 
@@ -77,7 +94,7 @@ def write_jsonl(rows) -> None:
 
 def cmd_predict(args) -> int:
     texts = read_texts(args)
-    model = load_model(args.model, args)
+    model = load_model(args.model, args, runtime=True)
     results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.all_scores)
     write_jsonl({"text": text, **result} for text, result in zip(texts, results))
     return 0
@@ -86,7 +103,7 @@ def cmd_predict(args) -> int:
 def cmd_embed(args) -> int:
     texts = read_texts(args)
     if args.model:
-        model = load_model(args.model, args)
+        model = load_model(args.model, args, runtime=True)
     else:
         from . import REFERENCE_TASKS, SentenceMultiTaskModel
 
