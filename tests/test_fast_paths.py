@@ -103,7 +103,7 @@ def test_int8_graph_keeps_heads_and_embeddings_in_fp32(trained, exported):
 
     nodes = onnx.load(str(exported / ONNX_FOLDER / INT8_FILE)).graph.node
     head_ops = {node.op_type for node in nodes if any(node.name.startswith(f"/model/{task}/") for task in trained.config.tasks)}
-    assert head_ops == {"Gemm"}, head_ops
+    assert head_ops and not head_ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, head_ops
     assert "QEmbedLayerNormalization" not in {node.op_type for node in nodes}
     assert {"QAttention", "MatMulInteger"} & {node.op_type for node in nodes}  # the encoder is quantized
 
