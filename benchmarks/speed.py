@@ -271,6 +271,7 @@ def main() -> None:
         floor_rate = floor / FLOPS_PER_TOKEN / (tokens / len(texts))
         table.append({"path": name, "sentences_per_s": round(statistics.median(values), 1),
                       "ratio": round(statistics.median(ratios), 2),
+                      "ratio_per_round": [round(ratio, 2) for ratio in ratios],
                       "floor_fraction": round(statistics.median(values) / floor_rate, 2) if "ONNX" not in name else None})
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
