@@ -295,10 +295,13 @@ def main() -> None:
 def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; {report['texts']} texts (mean {report['mean_tokens']} tokens), "
              f"{report['rounds']} alternating rounds; matmul floor {report['matmul_gflops']} GFLOP/s.", "",
-             "| path | sentences/s | ratio to sentence-transformers | fraction of floor |", "|---|---|---|---|"]
+             "| path | sentences/s | ratio to sentence-transformers (per-round range) | fraction of floor |",
+             "|---|---|---|---|"]
     for row in report["table"]:
         floor = f"{row['floor_fraction']:.2f}" if row["floor_fraction"] is not None else "-"
-        lines.append(f"| {row['path']} | {row['sentences_per_s']} | {row['ratio']:.2f}x | {floor} |")
+        spread = row.get("ratio_per_round") or [row["ratio"]]
+        lines.append(f"| {row['path']} | {row['sentences_per_s']} | {row['ratio']:.2f}x ({min(spread):.2f}-{max(spread):.2f}) "
+                     f"| {floor} |")
     lines += ["", "Agreement on the validation texts (" + str(report["agreement"]["texts"]) + "): ", "",
               "| variant | cosine to fp32 (mean / min) | topic labels same | sentiment labels same | topic acc (fp32) | sentiment acc (fp32) |",
               "|---|---|---|---|---|---|"]
