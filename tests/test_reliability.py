@@ -496,14 +496,18 @@ def test_an_interrupted_save_never_leaves_a_directory_that_loads_as_a_broken_mod
     tiny_model.save_pretrained(tmp_path / "count")
     files = len(os.listdir(tmp_path / "count"))  # the number of os.replace calls of a complete save
     assert files >= 5
+    def target(name: str, has_old: bool) -> tuple[Path, dict[str, bytes] | None]:
+        """A directory to save into, holding a complete saved model when `has_old`, and that model's snapshot."""
+        out = tmp_path / name
+        if not has_old:
+            return out, None
+        tiny_model.save_pretrained(out)
+        return out, snapshot(out)
+
     scenarios = 0
     for has_old in (False, True):
         for allowed in range(files):
-            out = tmp_path / f"out-{has_old}-{allowed}"
-            old = None
-            if has_old:
-                tiny_model.save_pretrained(out)
-                old = snapshot(out)
+            out, old = target(f"out-{has_old}-{allowed}", has_old)
             with monkeypatch.context() as patch:
                 patch.setattr(training, "os", _OsCrashingReplace(allowed))
                 with pytest.raises(OSError, match="simulated crash"):
@@ -529,11 +533,7 @@ def test_an_interrupted_save_never_leaves_a_directory_that_loads_as_a_broken_mod
     for has_old in (False, True):
         for where, patch_args in (("weights", (modeling_utils, "safe_save_file", torn_save_file)),
                                   ("card", (SentenceMultiTaskModel, "card_renderer", staticmethod(broken_card)))):
-            out = tmp_path / f"part-{has_old}-{where}"
-            old = None
-            if has_old:
-                tiny_model.save_pretrained(out)
-                old = snapshot(out)
+            out, old = target(f"part-{has_old}-{where}", has_old)
             with monkeypatch.context() as patch:
                 patch.setattr(*patch_args)
                 with pytest.raises(OSError, match="simulated crash"):

@@ -6,7 +6,6 @@ transformers, which takes seconds to import, and `sentence-multitask predict` on
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from pathlib import Path
 
