@@ -137,9 +137,13 @@ def _cosines(a, b) -> dict:
 
 
 def training_speed(steps: int, model_dir: str | None) -> dict:
-    """Examples/s of full fine-tuning (batch 32, max length 128) with and without length grouping."""
+    """Examples/s of full fine-tuning (batch 32, max length 128) with and without length grouping, and, on a CPU with
+    native bf16, length-grouped with bf16 mixed precision (`--bf16 true --use_cpu true`)."""
+    runs = {"random": ("random", []), "group_by_length": ("group_by_length", [])}
+    if torch.cpu._is_avx512_bf16_supported():
+        runs["group_by_length + bf16"] = ("group_by_length", ["--bf16", "true", "--use_cpu", "true"])
     result = {}
-    for strategy in ("random", "group_by_length"):
+    for name, (strategy, extra) in runs.items():
         code = (
             "import json, sys, time, resource\n"
             "from sentence_multitask.training import main\n"
@@ -150,11 +154,11 @@ def training_speed(steps: int, model_dir: str | None) -> dict:
             f" '--max_steps', '{steps}', '--per_device_train_batch_size', '32', '--max_length', '128',"
             f" '--train_sampling_strategy', '{strategy}', '--task_sampling', 'proportional', '--eval_strategy', 'no',"
             f" '--save_strategy', 'no', '--output_dir', out, '--overwrite_model', '--disable_tqdm', 'true',"
-            f" '--logging_steps', '1000'])\n"
+            f" '--logging_steps', '1000'] + {extra!r})\n"
             "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024\n"
             "print('RESULT', json.dumps({'rss_mb': hwm}))\n"
         )
-        out_dir = HERE / "results" / f"train-{strategy}"
+        out_dir = HERE / "results" / f"train-{name.replace(' + ', '-')}"
         start = time.time()
         completed = subprocess.run([sys.executable, "-c", code, str(out_dir)], capture_output=True, text=True,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -162,9 +166,12 @@ def training_speed(steps: int, model_dir: str | None) -> dict:
             raise RuntimeError(completed.stderr[-3000:])
         runtime = json.loads((out_dir / "train_results.json").read_text())["train_runtime"]
         rss = json.loads(completed.stdout.split("RESULT ")[1].splitlines()[0])["rss_mb"]
-        result[strategy] = {"examples_per_s": round(steps * 32 / runtime, 1), "train_runtime_s": runtime,
-                            "peak_rss_mb": round(rss), "wall_s": round(time.time() - start, 1)}
+        result[name] = {"examples_per_s": round(steps * 32 / runtime, 1), "train_runtime_s": runtime,
+                        "peak_rss_mb": round(rss), "wall_s": round(time.time() - start, 1)}
     result["speed-up"] = round(result["group_by_length"]["examples_per_s"] / result["random"]["examples_per_s"], 2)
+    if "group_by_length + bf16" in result:
+        result["speed-up with bf16"] = round(result["group_by_length + bf16"]["examples_per_s"]
+                                             / result["random"]["examples_per_s"], 2)
     result["padded_tokens_per_batch"] = padding_bound()
     return result
 
@@ -324,6 +331,10 @@ def markdown(report: dict) -> str:
         lines.append(f"Training (full fine-tune, batch 32, max length 128): random batches {t['random']['examples_per_s']} "
                      f"examples/s, length-grouped {t['group_by_length']['examples_per_s']} examples/s "
                      f"({t['speed-up']}x); peak RSS {t['group_by_length']['peak_rss_mb']} MB.")
+        if "group_by_length + bf16" in t:
+            lines.append(f"Length-grouped with bf16 mixed precision (`--bf16 true --use_cpu true`): "
+                         f"{t['group_by_length + bf16']['examples_per_s']} examples/s ({t['speed-up with bf16']}x random "
+                         f"fp32); peak RSS {t['group_by_length + bf16']['peak_rss_mb']} MB.")
         if "padded_tokens_per_batch" in t:
             p = t["padded_tokens_per_batch"]
             lines.append(f"Tokens per training batch, padding included: random {p['random']}, length-grouped "

@@ -78,7 +78,12 @@ def test_onnx_fp32_matches_pytorch(trained, exported):
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
     onnx_model = OnnxSentenceMultiTask.from_pretrained(exported)
-    cosine, same, _ = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts(150))
+    rows = validation_texts(150)
+    texts = [row["text"] for task_rows in rows.values() for row in task_rows]
+    batches = list(onnx_model._batches(texts, 64, None, False))
+    assert all(inputs["input_ids"].numel() <= onnx_model.cpu_batch_tokens < trained.cpu_batch_tokens
+               for _, inputs in batches)  # its own, smaller cap (faster for ONNX Runtime)
+    cosine, same, _ = compare(trained, onnx_model.encode, onnx_model.predict_proba, rows)
     assert cosine.min() >= 0.99999
     assert all(share == 1.0 for share in same.values()), same
 
@@ -87,12 +92,14 @@ def test_onnx_int8_within_bounds(trained, exported):
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
     onnx_model = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
-    cosine, same, accuracy = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts())
-    # Dynamic int8 misses the 99 % label-agreement target: measured 98.5 / 97.2 % here (briefly trained heads)
-    # and 98.2 / 97.5 % for the fully trained model of the quality experiment (see README, Performance).
-    # These bounds are what it reliably meets; the accuracy drop stays within 1 point.
+    # Every validation text (1,440 topic, 2,000 sentiment): on 300 texts a 1-point accuracy bound is 3 texts,
+    # within the noise of which texts int8 happens to flip.
+    cosine, same, accuracy = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts(None))
+    # Dynamic int8 misses the 99 % label-agreement target: measured 99.2 / 98.2 % here (briefly trained heads)
+    # and 98.1 / 97.4 % for the fully trained model of the quality experiment (see README, Performance).
+    # These bounds are what it reliably meets; the accuracy drop stays within 1 point (0.3 / 0.6 measured here).
     assert cosine.mean() >= 0.98
-    assert all(share >= 0.96 for share in same.values()), same
+    assert all(share >= 0.97 for share in same.values()), same
     assert all(fp32 - int8 <= 0.01 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
 
 

@@ -90,16 +90,14 @@ def test_predict_keeps_input_order_for_unsorted_lengths(minilm_model):
 
 
 def test_cpu_batches_of_long_texts_stay_under_the_token_cap_with_unchanged_results(minilm_model, monkeypatch):
-    from sentence_multitask import modeling_sentence_multitask as modeling
-
     texts = [f"sentence number {i} " * (1 + i % 40) for i in range(48)] + [f"short text {i}" for i in range(32)]
     batches = list(minilm_model._batches(texts, 32, 256, False))
     assert sorted(i for positions, _ in batches for i in positions) == list(range(80))
     sizes = [tuple(inputs["input_ids"].shape) for _, inputs in batches]
-    assert all(rows * width <= modeling.CPU_BATCH_TOKENS for rows, width in sizes), sizes
+    assert all(rows * width <= minilm_model.cpu_batch_tokens for rows, width in sizes), sizes
     assert max(rows for rows, _ in sizes) == 32  # short texts still fill whole batches
     capped = minilm_model.encode(texts, batch_size=32)
-    monkeypatch.setattr(modeling, "CPU_BATCH_TOKENS", 10**9)
+    monkeypatch.setattr(minilm_model, "cpu_batch_tokens", 10**9)
     assert min(rows for rows, _ in (tuple(i["input_ids"].shape) for _, i in minilm_model._batches(texts, 32, 256, False))) >= 16
     assert np.abs(minilm_model.encode(texts, batch_size=32) - capped).max() < 1e-5
 

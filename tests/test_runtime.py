@@ -138,12 +138,10 @@ def test_other_pooling_modes_and_head_sizes(tmp_path, tiny_encoder, pooling):
 
 
 def test_cpu_batches_stay_under_the_token_cap(runtime):
-    from sentence_multitask.inference_sentence_multitask import CPU_BATCH_TOKENS
-
     texts = parity_texts()
     batches = list(runtime._batches(texts, 32, 256, False))
     assert sorted(i for positions, _ in batches for i in positions) == list(range(len(texts)))
-    assert all(inputs["input_ids"].numel() <= CPU_BATCH_TOKENS for _, inputs in batches)
+    assert all(inputs["input_ids"].numel() <= runtime.cpu_batch_tokens for _, inputs in batches)
 
 
 # ---------------------------------------------------------------------------------------------------- tokenizer

@@ -190,6 +190,8 @@ class SentenceInferenceMixin:
 
     # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
     inference_precision: str = "fp32"
+    # Most tokens (rows x padded width) in one CPU batch; results do not depend on it, speed does.
+    cpu_batch_tokens: int = CPU_BATCH_TOKENS
 
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         texts = check_texts(texts)
@@ -228,7 +230,7 @@ class SentenceInferenceMixin:
         Args:
             texts: one string or a list of strings.
             batch_size: texts per forward pass (batches hold texts of similar length; on CPU a batch of long texts
-                is cut to at most `CPU_BATCH_TOKENS` tokens, which is faster and gives the same results).
+                is cut to at most `cpu_batch_tokens` tokens, which is faster and gives the same results).
             normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
             convert_to: `"numpy"` or `"torch"`.
             max_length: truncate texts to this many tokens (default: `config.max_length`).

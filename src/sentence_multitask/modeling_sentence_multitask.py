@@ -24,7 +24,6 @@ from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
 from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_texts, PRECISIONS, ...)
-    CPU_BATCH_TOKENS,
     PRECISIONS,
     PROGRESS_BAR_MIN_TEXTS,
     SentenceInferenceMixin,
@@ -299,7 +298,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         device = self.device
         return length_sorted_batches(
             texts, lambda batch: self._tokenize(batch, max_length), batch_size, pad_id=self.tokenizer.pad_token_id or 0,
-            device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
+            device=device, token_cap=self.cpu_batch_tokens if device.type == "cpu" else None,
             show_progress_bar=show_progress_bar, progress_bar=tqdm,
         )
 

@@ -35,7 +35,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from .inference_sentence_multitask import (
-    CPU_BATCH_TOKENS,
     SentenceInferenceMixin,
     TaskHead,
     length_sorted_batches,
@@ -273,7 +272,7 @@ class SentenceMultiTaskRuntime(SentenceInferenceMixin, nn.Module):
         """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
         return length_sorted_batches(
             texts, lambda batch: self._tokenize(batch, max_length), batch_size, pad_id=self.tokenizer.pad_token_id or 0,
-            device=self.device, token_cap=CPU_BATCH_TOKENS, show_progress_bar=show_progress_bar,
+            device=self.device, token_cap=self.cpu_batch_tokens, show_progress_bar=show_progress_bar,
             progress_bar=_progress_bar,
         )
 
