@@ -309,6 +309,13 @@ def markdown(report: dict) -> str:
         spread = row.get("ratio_per_round") or [row["ratio"]]
         lines.append(f"| {row['path']} | {row['sentences_per_s']} | {row['ratio']:.2f}x ({min(spread):.2f}-{max(spread):.2f}) "
                      f"| {floor} |")
+    rows = {row["path"]: row.get("ratio_per_round") for row in report["table"]}
+    multi, singles = rows.get("ours predict fp32 (both heads)"), rows.get("two single-task models, one after the other")
+    if multi and singles:
+        per_round = [a / b for a, b in zip(multi, singles)]
+        lines += ["", f"One multi-task model vs two single-task models (both heads, fp32): "
+                      f"{statistics.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f}), the median "
+                      f"of per-round ratios."]
     lines += ["", "Agreement on the validation texts (" + str(report["agreement"]["texts"]) + "): ", "",
               "| variant | cosine to fp32 (mean / min) | topic labels same | sentiment labels same | topic acc (fp32) | sentiment acc (fp32) |",
               "|---|---|---|---|---|---|"]
