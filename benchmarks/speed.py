@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=1024)
     parser.add_argument("--long-share", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--train-steps", type=int, default=120)
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--memory-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
