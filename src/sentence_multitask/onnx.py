@@ -119,8 +119,8 @@ class OnnxSentenceMultiTask:
     `SentenceMultiTaskModel` (same batching, truncation and outputs)."""
 
     inference_precision = "fp32"
-    # ONNX Runtime runs fastest on smaller batches than PyTorch: on the benchmark's texts int8 gains ~8 % at 1,024
-    # tokens per batch over 2,048 (768-1,024 measured best; benchmarks/speed.py).
+    # ONNX Runtime runs fastest on smaller batches than PyTorch: on the 1,024 texts of benchmarks/speed.py int8 was
+    # ~8 % faster at 1,024 tokens per batch than at 2,048 (768-1,024 measured best).
     cpu_batch_tokens = 1024
     training = False
     device = torch.device("cpu")
