@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
-from .modeling_sentence_multitask import SentenceMultiTaskModel, check_texts
+from .inference_sentence_multitask import SentenceInferenceMixin, check_texts
+from .modeling_sentence_multitask import SentenceMultiTaskModel
 
 ONNX_FOLDER = "onnx"
 FP32_FILE = "model.onnx"
@@ -114,11 +115,10 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
     return folder
 
 
-class OnnxSentenceMultiTask:
+class OnnxSentenceMultiTask(SentenceInferenceMixin):
     """A model exported with `export_onnx`, run by ONNX Runtime, with the `encode` / `predict` API of
     `SentenceMultiTaskModel` (same batching, truncation and outputs)."""
 
-    inference_precision = "fp32"
     # ONNX Runtime runs fastest on smaller batches than PyTorch: on the 1,024 texts of benchmarks/speed.py int8 was
     # ~8 % faster at 1,024 tokens per batch than at 2,048 (768-1,024 measured best).
     cpu_batch_tokens = 1024
@@ -169,9 +169,6 @@ class OnnxSentenceMultiTask:
                     logits[task][positions] = outputs[f"logits_{task}"]
         return torch.from_numpy(embeddings), {task: torch.from_numpy(values) for task, values in logits.items()}
 
-    # The same tokenisation, batching and output code as the PyTorch model.
+    # The same tokenisation and batching as the PyTorch model (encode / predict come from the mixin).
     _tokenize = SentenceMultiTaskModel._tokenize
     _batches = SentenceMultiTaskModel._batches
-    encode = SentenceMultiTaskModel.encode
-    predict = SentenceMultiTaskModel.predict
-    predict_proba = SentenceMultiTaskModel.predict_proba
