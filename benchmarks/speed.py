@@ -82,8 +82,7 @@ def build_paths(model_dir: str | None, onnx_dir: Path):
     model.config.max_length = anchor.max_seq_length  # same truncation as the anchor (256 tokens)
     singles = [SentenceMultiTaskModel.from_encoder(encoder_path, tasks={task: labels}).eval()
                for task, labels in model.config.tasks.items()]
-    if not (onnx_dir / "onnx" / "model_quantized.onnx").exists():
-        export_onnx(model, onnx_dir, quantize=True)
+    export_onnx(model, onnx_dir, quantize=True)  # afresh each run: an earlier export may be of another model or code
     onnx_fp32 = OnnxSentenceMultiTask.from_pretrained(onnx_dir)
     onnx_int8 = OnnxSentenceMultiTask.from_pretrained(onnx_dir, quantized=True)
     paths = {

@@ -115,11 +115,35 @@ def test_int8_graph_keeps_heads_and_embeddings_in_fp32(trained, exported):
     assert {"QAttention", "MatMulInteger"} & {node.op_type for node in nodes}  # the encoder is quantized
 
 
-@pytest.mark.parametrize("batch", [1, 3, 17])
-def test_onnx_graph_handles_every_shape(trained, exported, batch):
+@pytest.mark.parametrize("quantized", [False, True])
+def test_onnx_runs_without_the_slow_fusions(exported, quantized, monkeypatch, tmp_path):
+    """SkipLayerNormalization and BiasGelu are slower on CPU than what they fuse: neither the saved graph nor the graph
+    ONNX Runtime optimizes at load time may hold them. The attention fusion stays."""
+    import onnx
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(exported / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    from sentence_multitask.onnx import FP32_FILE, INT8_FILE, ONNX_FOLDER, OnnxSentenceMultiTask
+
+    session_class = onnxruntime.InferenceSession
+
+    def keep_optimized_graph(path, options, **kwargs):  # the real session, saving the graph it runs
+        options.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+        return session_class(path, options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", keep_optimized_graph)
+    OnnxSentenceMultiTask.from_pretrained(exported, quantized=quantized)
+    saved = exported / ONNX_FOLDER / (INT8_FILE if quantized else FP32_FILE)
+    for graph in (saved, tmp_path / "loaded.onnx"):
+        ops = {node.op_type for node in onnx.load(str(graph)).graph.node}
+        assert not ops & {"SkipLayerNormalization", "BiasGelu"}, (graph.name, ops)
+        assert "LayerNormalization" in ops and ops & {"Attention", "QAttention"}, (graph.name, ops)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_onnx_graph_handles_every_shape(trained, exported, batch):
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    session = OnnxSentenceMultiTask.from_pretrained(exported).session  # the graph as the package runs it
     names = [output.name for output in session.get_outputs()]
     generator = torch.Generator().manual_seed(batch)
     for length in (1, 2, 5, 31, 64, 128, 255, 512):
