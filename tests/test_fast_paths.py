@@ -80,7 +80,7 @@ def test_onnx_fp32_matches_pytorch(trained, exported):
     onnx_model = OnnxSentenceMultiTask.from_pretrained(exported)
     rows = validation_texts(150)
     texts = [row["text"] for task_rows in rows.values() for row in task_rows]
-    batches = list(onnx_model._batches(texts, 64, None, False))
+    batches = list(onnx_model._id_batches(onnx_model._tokenize(texts, None), 64, False))
     assert all(inputs["input_ids"].numel() <= onnx_model.cpu_batch_tokens < trained.cpu_batch_tokens
                for _, inputs in batches)  # its own, smaller cap (faster for ONNX Runtime)
     cosine, same, _ = compare(trained, onnx_model.encode, onnx_model.predict_proba, rows)
@@ -91,16 +91,59 @@ def test_onnx_fp32_matches_pytorch(trained, exported):
 def test_onnx_int8_within_bounds(trained, exported):
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
-    onnx_model = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
+    plain = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
     # Every validation text (1,440 topic, 2,000 sentiment): on 300 texts a 1-point accuracy bound is 3 texts,
     # within the noise of which texts int8 happens to flip.
-    cosine, same, accuracy = compare(trained, onnx_model.encode, onnx_model.predict_proba, validation_texts(None))
-    # Dynamic int8 misses the 99 % label-agreement target: measured 99.2 / 98.2 % here (briefly trained heads)
-    # and 98.1 / 97.4 % for the fully trained model of the quality experiment (see README, Performance).
-    # These bounds are what it reliably meets; the accuracy drop stays within 1 point (0.3 / 0.6 measured here).
+    cosine, same, accuracy = compare(trained, plain.encode, plain.predict_proba, validation_texts(None))
+    # Int8 alone misses the 99 % label-agreement target: measured 99.2 / 98.2 % here (briefly trained heads) and
+    # 98.1 / 97.4 % for the fully trained model of the quality experiment (see README, Performance). These bounds
+    # are what it reliably meets; the accuracy drop stays within 1 point (0.3 / 0.6 measured here).
     assert cosine.mean() >= 0.98
     assert all(share >= 0.97 for share in same.values()), same
     assert all(fp32 - int8 <= 0.01 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
+
+
+def test_onnx_int8_rechecks_near_ties_in_fp32(trained, exported):
+    """With `recheck_margin`, the int8 model runs again in fp32 exactly the texts whose two best labels (on some task)
+    lie within the margin; at 0.05 that meets issue 5's label targets: >= 99 % kept, accuracy drop <= 0.5 points."""
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    margin = 0.05
+    rechecking = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True, recheck_margin=margin)
+    rows = validation_texts(None)
+    _, same, accuracy = compare(trained, rechecking.encode, rechecking.predict_proba, rows)
+    assert all(share >= 0.99 for share in same.values()), same
+    assert all(fp32 - int8 <= 0.005 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
+
+    texts = [row["text"] for task_rows in rows.values() for row in task_rows]
+    got = rechecking.predict_proba(texts)
+    plain = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)  # the default: no recheck
+    assert plain.fp32_session is None
+    int8 = plain.predict_proba(texts)
+    fp32 = OnnxSentenceMultiTask.from_pretrained(exported).predict_proba(texts)
+    near = torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in int8.values()]).min(0).values
+    near = near < margin
+    assert 0 < near.float().mean() < 0.25, near.float().mean()
+    for task in got:
+        assert torch.allclose(got[task][near], fp32[task][near], atol=1e-5), task  # rechecked: fp32's outputs
+        assert torch.equal(got[task][~near], int8[task][~near]), task  # the others: int8's, untouched
+    # encode never rechecks: its embeddings are the int8 graph's
+    assert np.array_equal(rechecking.encode(texts[:64]), plain.encode(texts[:64]))
+
+
+def test_onnx_recheck_needs_the_fp32_graph(exported, tmp_path):
+    import shutil
+
+    from sentence_multitask.onnx import FP32_FILE, ONNX_FOLDER, OnnxSentenceMultiTask
+
+    copy = tmp_path / "int8-only"
+    shutil.copytree(exported, copy)
+    (copy / ONNX_FOLDER / FP32_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="recheck_margin=0"):
+        OnnxSentenceMultiTask.from_pretrained(copy, quantized=True, recheck_margin=0.05)
+    assert OnnxSentenceMultiTask.from_pretrained(copy, quantized=True).predict("A goal in the last minute.")
+    with pytest.raises(ValueError, match="recheck_margin"):
+        OnnxSentenceMultiTask.from_pretrained(exported, quantized=True, recheck_margin=1.5)
 
 
 def test_int8_graph_keeps_heads_and_embeddings_in_fp32(trained, exported):
@@ -170,3 +213,18 @@ def test_cli_predict_with_onnx_backend(trained, exported):
     row = json.loads(result.stdout.strip().splitlines()[-1])
     expected = trained.predict(text)
     assert {task: row[task]["label"] for task in expected} == {task: value["label"] for task, value in expected.items()}
+
+
+@pytest.mark.parametrize("backend, ok", [("onnx-int8", True), ("onnx", False), ("torch", False)])
+def test_cli_recheck_margin_is_for_int8_only(exported, backend, ok):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "predict", "--model", str(exported),
+                             "--backend", backend, "--recheck-margin", "0.05", "A close match."],
+                            capture_output=True, text=True, timeout=300)
+    if ok:
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout.strip().splitlines()[-1])
+    else:
+        assert result.returncode != 0 and "--recheck_margin applies to --backend onnx-int8 only" in result.stderr
