@@ -129,6 +129,11 @@ def agreement(model, anchor, onnx_models, model_dir) -> dict:
                            "accuracy": round(float((pred == truth).mean()), 4),
                            "fp32 accuracy": round(float((fp32_pred == truth).mean()), 4)}
         out[name] = entry
+    plain = variants["ONNX int8"][1]
+    gaps = torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in plain.values()]).min(0).values
+    for name, onnx in onnx_models.items():
+        if onnx.recheck_margin:
+            out[name]["rechecked share"] = round(float((gaps < onnx.recheck_margin).float().mean()), 4)
     return out
 
 
@@ -329,6 +334,10 @@ def markdown(report: dict) -> str:
             f"{entry['topic']['label agreement (all texts)']:.4f} | {entry['sentiment']['label agreement (all texts)']:.4f} | "
             f"{entry['topic']['accuracy']} ({entry['topic']['fp32 accuracy']}) | "
             f"{entry['sentiment']['accuracy']} ({entry['sentiment']['fp32 accuracy']}) |")
+    for name, entry in report["agreement"].items():
+        if isinstance(entry, dict) and "rechecked share" in entry:
+            lines += ["", (f"{name}: {100 * entry['rechecked share']:.1f} % of the validation texts rechecked in "
+                           "fp32; `encode` never rechecks, so its cosines are plain int8's.")]
     st = report["agreement"]["ours fp32 vs sentence-transformers"]
     lines += ["", f"ours fp32 vs sentence-transformers embeddings (same weights only when --model is not given): "
                   f"cosine mean {st['mean']}, min {st['min']}.",

@@ -49,6 +49,12 @@ def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str
     return lines
 
 
+def recheck_option(sub) -> None:
+    sub.add_argument("--recheck_margin", "--recheck-margin", type=float,
+                     help="onnx-int8: rerun in fp32 the texts whose two best labels lie closer than this (0.05 keeps "
+                          "~99 %% of fp32's labels; default: no recheck).")
+
+
 def load_model(path: str, args, runtime: bool = False):
     """
     The model at `path` for `args` (backend, device, threads, precision). With `runtime`, a local model the
@@ -57,14 +63,17 @@ def load_model(path: str, args, runtime: bool = False):
     """
     if not os.path.isdir(path) and os.path.exists(path):
         raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
-    recheck_margin = getattr(args, "recheck_margin", None)
-    if recheck_margin is not None and getattr(args, "backend", "torch") != "onnx-int8":
+    recheck_margin = getattr(args, "recheck_margin", None) or 0.0
+    if recheck_margin and getattr(args, "backend", "torch") != "onnx-int8":
         raise SystemExit("error: --recheck_margin applies to --backend onnx-int8 only.")
     if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
         from .onnx import OnnxSentenceMultiTask
 
-        return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8", threads=args.threads,
-                                                     recheck_margin=recheck_margin or 0.0)
+        try:
+            return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8",
+                                                         threads=args.threads, recheck_margin=recheck_margin)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
     import torch
 
     if args.threads:
@@ -173,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = inference("predict", "Every task's label and score per text, as JSON Lines.")
     sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
     sub.add_argument("--all_scores", "--all-scores", action="store_true", help="Add every label's probability.")
-    sub.add_argument("--recheck_margin", "--recheck-margin", type=float,
-                     help="onnx-int8: rerun in fp32 the texts whose two best labels lie closer than this (0.05 keeps "
-                          "~99 %% of fp32's labels; default: no recheck).")
+    recheck_option(sub)
     sub.set_defaults(run=cmd_predict)
 
     sub = inference("embed", "Sentence embeddings per text, as JSON Lines.")
@@ -194,9 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--threads", type=int)
     sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
     sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
-    sub.add_argument("--recheck_margin", "--recheck-margin", type=float,
-                     help="onnx-int8: rerun in fp32 the texts whose two best labels lie closer than this (0.05 keeps "
-                          "~99 %% of fp32's labels; default: no recheck).")
+    recheck_option(sub)
     sub.set_defaults(run=cmd_evaluate)
 
     sub = commands.add_parser("export-onnx", help="Export encoder, pooling and heads as one ONNX graph.")

@@ -162,6 +162,9 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
         recheck_margin = float(recheck_margin)
         if not 0 <= recheck_margin <= 1:
             raise ValueError(f"recheck_margin is a difference of probabilities, 0 to 1 (0: no recheck), got {recheck_margin}.")
+        if recheck_margin and not quantized:
+            raise ValueError("recheck_margin reruns int8 results in fp32: it needs quantized=True (the fp32 model has "
+                             "nothing to recheck).")
         files = [path / ONNX_FOLDER / (INT8_FILE if quantized else FP32_FILE)]
         if quantized and recheck_margin > 0:
             files.append(path / ONNX_FOLDER / FP32_FILE)
@@ -170,7 +173,8 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
                 raise FileNotFoundError(
                     f"{file} does not exist; create it with `sentence-multitask export-onnx{' --quantize' if quantized else ''}"
                     f" --model MODEL --output {path}`"
-                    + (" (or pass recheck_margin=0 to run int8 without the fp32 recheck)." if file.name == FP32_FILE and quantized else "."))
+                    + (" (or run int8 without the fp32 recheck: recheck_margin=0, no --recheck-margin)."
+                       if file.name == FP32_FILE and quantized else "."))
         config = SentenceMultiTaskConfig.from_pretrained(path)
         options = ort.SessionOptions()
         if threads:
@@ -187,7 +191,8 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         if precision not in (None, "fp32"):
             raise ValueError("The ONNX model runs at the precision it was exported with; leave precision unset.")
-        ids = self._tokenize(check_texts(texts), max_length)
+        texts = check_texts(texts)
+        ids = self._tokenize(texts, max_length) if texts else []  # the tokenizer rejects an empty list
         embeddings, logits = self._outputs(self.session, ids, batch_size, show_progress_bar)
         if with_heads and self.fp32_session is not None and ids:
             top2 = [torch.from_numpy(values).softmax(-1).topk(2, dim=-1).values for values in logits.values()]
