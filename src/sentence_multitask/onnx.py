@@ -133,7 +133,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
     `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only there. With
     the quality experiment's model, on the shared validation texts: int8 alone kept 98.1 / 97.4 % of the fp32 labels
     (topic / sentiment); a margin of 0.05 rechecked 6.7 % of the texts and kept 99.2 / 99.1 % (0.1: 13 %, 99.5 /
-    99.7 %; training texts alike), at 1.2x the time of int8 alone on those texts and 1.4x on benchmarks/speed.py's
+    99.7 %; training texts alike), at 1.2x the time of int8 alone on those texts and 1.3x on benchmarks/speed.py's
     texts, where the near ties are mostly long texts. `encode` never rechecks.
     """
 
