@@ -102,6 +102,8 @@ def build_paths(model_dir: str | None, onnx_dir: Path):
 
 def agreement(model, anchor, onnx_models, model_dir) -> dict:
     """Embedding cosine to fp32 / sentence-transformers, label agreement and accuracy on the validation texts."""
+    from sentence_multitask.onnx import label_margin
+
     rows = {task: read(DATA / name) for task, name in TASK_FILES.items()}
     texts = [row["text"] for task_rows in rows.values() for row in task_rows]
     reference = model.encode(texts, batch_size=64)
@@ -129,8 +131,7 @@ def agreement(model, anchor, onnx_models, model_dir) -> dict:
                            "accuracy": round(float((pred == truth).mean()), 4),
                            "fp32 accuracy": round(float((fp32_pred == truth).mean()), 4)}
         out[name] = entry
-    plain = variants["ONNX int8"][1]
-    gaps = torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in plain.values()]).min(0).values
+    gaps = label_margin(variants["ONNX int8"][1].values())
     for name, onnx in onnx_models.items():
         if onnx.recheck_margin:
             out[name]["rechecked share"] = round(float((gaps < onnx.recheck_margin).float().mean()), 4)

@@ -32,6 +32,11 @@ INT8_FILE = "model_quantized.onnx"
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 
+def label_margin(probabilities) -> torch.Tensor:
+    """Per text, the smallest gap, over tasks, between the probabilities of its two most likely labels."""
+    return torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in probabilities]).min(0).values
+
+
 def _require(module: str):
     try:
         return __import__(module)
@@ -166,7 +171,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
             raise ValueError("recheck_margin reruns int8 results in fp32: it needs quantized=True (the fp32 model has "
                              "nothing to recheck).")
         files = [path / ONNX_FOLDER / (INT8_FILE if quantized else FP32_FILE)]
-        if quantized and recheck_margin > 0:
+        if recheck_margin:
             files.append(path / ONNX_FOLDER / FP32_FILE)
         for file in files:
             if not file.is_file():
@@ -195,8 +200,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
         ids = self._tokenize(texts, max_length) if texts else []  # the tokenizer rejects an empty list
         embeddings, logits = self._outputs(self.session, ids, batch_size, show_progress_bar)
         if with_heads and self.fp32_session is not None and ids:
-            top2 = [torch.from_numpy(values).softmax(-1).topk(2, dim=-1).values for values in logits.values()]
-            margin = torch.stack([top[:, 0] - top[:, 1] for top in top2]).min(0).values
+            margin = label_margin(torch.from_numpy(values).softmax(-1) for values in logits.values())
             redo = torch.nonzero(margin < self.recheck_margin).flatten().numpy()
             if redo.size:
                 again, again_logits = self._outputs(self.fp32_session, [ids[i] for i in redo], batch_size, False)
