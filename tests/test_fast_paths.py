@@ -37,11 +37,30 @@ def trained(tmp_path_factory, minilm_path):
     return SentenceMultiTaskModel.from_pretrained(out).eval()
 
 
+def training_texts(n_per_task=250):
+    texts = []
+    for task in ("topic", "sentiment"):
+        with open(SHARED_DATA / f"{task}_train.jsonl", encoding="utf-8") as handle:
+            texts += [json.loads(line)["text"] for _, line in zip(range(n_per_task), handle)]
+    return texts
+
+
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
+    """fp32 and int8 graphs; the int8 one smoothed with 500 training texts (disjoint from the validation texts)."""
     from sentence_multitask.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("onnx")
+    export_onnx(trained, path, quantize=True, calibration_texts=training_texts())
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain_int8(trained, tmp_path_factory):
+    """int8 without calibration texts: no smoothing."""
+    from sentence_multitask.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx-plain")
     export_onnx(trained, path, quantize=True)
     return path
 
@@ -91,27 +110,76 @@ def test_onnx_fp32_matches_pytorch(trained, exported):
     assert all(share == 1.0 for share in same.values()), same
 
 
-def test_onnx_int8_within_bounds(trained, exported):
+def test_onnx_int8_within_bounds(trained, exported, plain_int8):
+    """Smoothed with calibration texts, int8 keeps more of fp32's labels than without; with the recheck (next test)
+    it meets issue 5's targets."""
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
-    plain = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
-    # Every validation text (1,440 topic, 2,000 sentiment): on 300 texts a 1-point accuracy bound is 3 texts,
+    # Every validation text (1,440 topic, 2,000 sentiment): on 300 texts a 0.5-point accuracy bound is 1-2 texts,
     # within the noise of which texts int8 happens to flip.
-    cosine, same, accuracy = compare(trained, plain.encode, plain.predict_proba, validation_texts(None))
-    # Int8 alone misses the 99 % label-agreement target: measured 99.2 / 98.2 % here (briefly trained heads) and
-    # 98.1 / 97.4 % for the fully trained model of the quality experiment (see README, Performance). These bounds
-    # are what it reliably meets; the accuracy drop stays within 1 point (0.3 / 0.6 measured here).
-    assert cosine.mean() >= 0.98
-    assert all(share >= 0.97 for share in same.values()), same
-    assert all(fp32 - int8 <= 0.01 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
+    rows = validation_texts(None)
+    smoothed = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)
+    cosine, same, accuracy = compare(trained, smoothed.encode, smoothed.predict_proba, rows)
+    plain = OnnxSentenceMultiTask.from_pretrained(plain_int8, quantized=True)
+    plain_cosine, plain_same, plain_accuracy = compare(trained, plain.encode, plain.predict_proba, rows)
+
+    assert cosine.mean() >= 0.99 and cosine.mean() > plain_cosine.mean(), (cosine.mean(), plain_cosine.mean())
+    # Measured here (briefly trained heads): smoothed 99.7 / 99.1 % of the labels (topic / sentiment), plain 99.2 /
+    # 97.8 %; for the quality experiment's model 99.1-99.2 / 98.7-99.1 % and 98.1 / 97.4 % (see README, Performance).
+    # Which texts flip also depends on the batches (one activation scale per batch), so 99 % is the recheck's bound.
+    assert all(share >= 0.985 for share in same.values()), same
+    assert all(fp32 - int8 <= 0.005 + 1e-9 for fp32, int8 in accuracy.values()), accuracy
+    assert plain_cosine.mean() >= 0.98
+    assert all(share >= 0.97 for share in plain_same.values()), plain_same
+    assert all(fp32 - int8 <= 0.01 + 1e-9 for fp32, int8 in plain_accuracy.values()), plain_accuracy
+    assert sum(same.values()) > sum(plain_same.values()), (same, plain_same)
+
+
+def test_smoothing_leaves_fp32_results_unchanged(trained, exported, tmp_path):
+    """Smoothing divides each quantized product's input channels and multiplies its weight rows by the same scales:
+    in fp32 the graph computes what it did, with one Mul before each product."""
+    import onnx
+    import onnxruntime
+
+    from sentence_multitask.onnx import FP32_FILE, ONNX_FOLDER, smooth_activations
+
+    source = exported / ONNX_FOLDER / FP32_FILE
+    smoothed = tmp_path / "smoothed.onnx"
+    smooth_activations(source, smoothed, trained, training_texts(50))
+    before = onnx.load(str(source)).graph.node
+    after = onnx.load(str(smoothed)).graph.node
+    products = [node for node in before if node.op_type == "Attention" or
+                (node.op_type == "MatMul" and node.name.startswith("/model/encoder/"))]
+    assert len(products) == 4 * trained.config.encoder.num_hidden_layers
+    assert [node.op_type for node in after].count("Mul") - [node.op_type for node in before].count("Mul") == len(products)
+
+    texts = [row["text"] for rows in validation_texts(40).values() for row in rows]
+    inputs = trained.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="np",
+                               return_token_type_ids=False)
+    inputs = {name: value.astype(np.int64) for name, value in inputs.items()}
+    original, changed = (onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, inputs)
+                         for graph in (source, smoothed))
+    for a, b in zip(original, changed):
+        assert np.abs(a - b).max() < 1e-4
+
+
+def test_calibration_texts_are_checked(trained, tmp_path):
+    from sentence_multitask.onnx import export_onnx
+
+    with pytest.raises(ValueError, match="quantize=True"):
+        export_onnx(trained, tmp_path / "a", calibration_texts=training_texts())
+    with pytest.raises(ValueError, match="too few.*at least 100"):
+        export_onnx(trained, tmp_path / "b", quantize=True, calibration_texts=training_texts(5))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # checked before anything is written
 
 
 def test_onnx_int8_rechecks_near_ties_in_fp32(exported):
     """With `recheck_margin`, the int8 model runs again in fp32 exactly the texts whose two best labels (on some task)
-    lie within the margin; at 0.05 that meets issue 5's label targets: >= 99 % kept, accuracy drop <= 0.5 points."""
+    lie within the margin; at 0.02 on the smoothed graph that meets issue 5's label targets: >= 99 % kept, accuracy
+    drop <= 0.5 points."""
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
-    margin = 0.05
+    margin = 0.02
     rechecking = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True, recheck_margin=margin)
     plain = OnnxSentenceMultiTask.from_pretrained(exported, quantized=True)  # the default: no recheck
     assert plain.fp32_session is None
@@ -241,3 +309,20 @@ def test_cli_recheck_margin(exported, backend, margin, error):
         assert json.loads(result.stdout.strip().splitlines()[-1])
     else:
         assert result.returncode != 0 and error in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("extra, error", [
+    ([], "--calibration_file prepares the int8 graph: add --quantize"),
+    (["--quantize"], "error: 3 calibration texts are too few"),
+])
+def test_cli_export_calibration_file(trained, exported, tmp_path, extra, error):
+    import subprocess
+    import sys
+
+    texts = tmp_path / "calibration.jsonl"
+    texts.write_text('{"text": "One."}\n\n{"text": "Two."}\n{"text": "Three."}\n')  # the blank line is skipped
+    result = subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "export-onnx", "--model", str(exported),
+                             "--output", str(tmp_path / "out"), "--calibration-file", str(texts), *extra],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and error in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

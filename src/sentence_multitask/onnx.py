@@ -2,7 +2,8 @@
 same `encode` / `predict` API. Needs the `onnx` extra: `pip install "sentence-multitask[onnx]"`.
 
     from sentence_multitask.onnx import export_onnx, OnnxSentenceMultiTask
-    export_onnx(model, "exported", quantize=True)           # exported/onnx/model.onnx, model_quantized.onnx
+    export_onnx(model, "exported", quantize=True,           # exported/onnx/model.onnx, model_quantized.onnx
+                calibration_texts=training_texts[:500])     # smooth activation outliers before int8 (SmoothQuant)
     fast = OnnxSentenceMultiTask.from_pretrained("exported", quantized=True)
     fast.predict(["The striker scored twice."])
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
@@ -30,6 +33,14 @@ INT8_FILE = "model_quantized.onnx"
 # vs 190 ms for the layer norms). Without these two fusions, offline and in the session, int8 `predict` ran 1.27-1.31x
 # faster and fp32 1.10x, with the same results. The attention fusion stays: it is the faster one.
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
+# SmoothQuant's alpha: the share of each input channel's range moved into the weights before int8. On the quality
+# experiment's model 0.5 kept fewer labels than no smoothing (96 %), 0.8-0.9 the most (98.6-99.2 %).
+SMOOTHING_ALPHA = 0.85
+# Channel ranges come from the maxima over the calibration texts: from 12 texts they were too low, and int8 kept only
+# 94-96 % of fp32's labels; from 64, 98.7-99 %; from 500, 99.1 %.
+MIN_CALIBRATION_TEXTS = 100
+
+logger = logging.get_logger(__name__)
 
 
 def label_margin(probabilities) -> torch.Tensor:
@@ -57,14 +68,25 @@ class _Graph(nn.Module):
 
 
 def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, quantize: bool = False,
-                opset: int = 17) -> Path:
+                calibration_texts: Sequence[str] | None = None, opset: int = 17) -> Path:
     """
     Save `model` (as save_pretrained does) plus `onnx/model.onnx`: one graph with dynamic batch and sequence axes,
     fused by ONNX Runtime's BERT optimizer where the encoder is BERT-like; with `quantize`, also
     `onnx/model_quantized.onnx` (dynamic int8, per-channel weights). Returns the ONNX folder.
+
+    `calibration_texts` (with `quantize`; a few hundred texts like those the model will see, such as a sample of its
+    training texts) smooth the activations before quantizing: see `smooth_activations`. On the quality experiment's
+    model, int8 then kept 99.1 / 99.1 % of fp32's labels (topic / sentiment) instead of 98.1 / 97.4 %.
     """
     onnx = _require("onnx")
     _require("onnxruntime")
+    if calibration_texts is not None:
+        if not quantize:
+            raise ValueError("calibration_texts prepare the int8 graph: pass them with quantize=True.")
+        calibration_texts = check_texts(calibration_texts)
+        if len(calibration_texts) < MIN_CALIBRATION_TEXTS:
+            raise ValueError(f"{len(calibration_texts)} calibration texts are too few to find each channel's range; "
+                             f"pass at least {MIN_CALIBRATION_TEXTS} (a few hundred of the training texts, say).")
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     folder = output_dir / ONNX_FOLDER
@@ -123,10 +145,84 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
         heads = [name for node in onnx.load(str(fp32)).graph.node
                  if node.op_type in ("Gemm", "MatMul") and not node.name.startswith("/model/encoder/")
                  for name in (node.name, f"{node.name}_MatMul")]
-        quantize_dynamic(str(fp32), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
+        source = fp32
+        if calibration_texts is None:
+            logger.warning("Quantizing without calibration_texts: int8 keeps fewer of fp32's labels (97-98 %% measured); "
+                           "pass a few hundred training texts (--calibration_file) to smooth the activations first.")
+        else:
+            source = folder / "model.smoothed.onnx"
+            smooth_activations(fp32, source, model, calibration_texts, skip=set(heads))
+        quantize_dynamic(str(source), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=heads,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        if source != fp32:
+            source.unlink()
     return folder
+
+
+def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel, texts: Sequence[str],
+                       alpha: float = SMOOTHING_ALPHA, skip: set[str] = frozenset()) -> None:
+    """
+    SmoothQuant (Xiao et al., 2023, arXiv:2211.10438) on an fp32 ONNX graph: before each matrix product X @ W that
+    int8 will quantize, divide X's input channels by s and multiply W's rows by s, with s = max|X|^alpha /
+    max|W|^(1 - alpha) per channel (max|X| over `texts`). The fp32 result is unchanged up to rounding; but int8 gives
+    each activation tensor one scale, and a few channels of MiniLM's layer norms reach 10-13x the median channel's
+    range, leaving the others a few bits. The division is a Mul node before each product (~0.5 % of int8's time).
+    """
+    onnx = _require("onnx")
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.load(str(source))
+    graph = graph_model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    targets = [node for node in graph.node if node.op_type in ("MatMul", "Attention") and node.name not in skip
+               and len(node.input) > 1 and node.input[1] in weights and uses[node.input[1]] == 1
+               and len(weights[node.input[1]].dims) == 2]
+    ranges = _activation_ranges(graph_model, sorted({node.input[0] for node in targets}), model, texts)
+    scaled = {}
+    for node in targets:
+        weight = weights[node.input[1]]
+        values = numpy_helper.to_array(weight)
+        activation_range = ranges[node.input[0]]
+        if activation_range.shape[0] != values.shape[0]:
+            continue
+        s = np.maximum(activation_range, 1e-5) ** alpha / np.maximum(np.abs(values).max(1), 1e-5) ** (1 - alpha)
+        s = np.clip(s, 1e-3, None).astype(np.float32)
+        weight.CopyFrom(numpy_helper.from_array(values * s[:, None], weight.name))
+        divisor = f"{node.name}/smooth_scale"
+        graph.initializer.append(numpy_helper.from_array(1 / s, divisor))
+        mul = helper.make_node("Mul", [node.input[0], divisor], [f"{node.name}/smoothed_input"], name=f"{node.name}/smooth")
+        node.input[0] = mul.output[0]
+        scaled[id(node)] = mul
+    nodes = [new for node in graph.node for new in ((scaled[id(node)], node) if id(node) in scaled else (node,))]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(graph_model, str(target))
+
+
+def _activation_ranges(graph_model, names: list[str], model: SentenceMultiTaskModel, texts: Sequence[str]) -> dict:
+    """Per input channel, max |value| of each named tensor of the graph over `texts`, batched as `predict` batches
+    them (padding included: int8 quantizes it too)."""
+    onnx = _require("onnx")
+    ort = _require("onnxruntime")
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph_model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(SLOW_FUSIONS))
+    runner = OnnxSentenceMultiTask(session, model.config, model.tokenizer)
+    ranges = {}
+    for _, inputs in runner._id_batches(runner._tokenize(texts, None), 32, False):
+        values = session.run(names, {name: tensor.numpy() for name, tensor in inputs.items()})
+        for name, value in zip(names, values):
+            batch_max = np.abs(value).reshape(-1, value.shape[-1]).max(0)
+            ranges[name] = np.maximum(ranges[name], batch_max) if name in ranges else batch_max
+    return ranges
 
 
 class OnnxSentenceMultiTask(SentenceInferenceMixin):
