@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ INT8_FILE = "model_quantized.onnx"
 # faster and fp32 1.10x, with the same results. The attention fusion stays: it is the faster one.
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 # SmoothQuant's alpha: the share of each input channel's range moved into the weights before int8. On the quality
-# experiment's model 0.5 kept fewer labels than no smoothing (96 %), 0.8-0.9 the most (98.6-99.2 %).
+# experiment's model 0.5 kept fewer labels than no smoothing (96 %), 0.8-0.9 the most (98.5-99.2 %).
 SMOOTHING_ALPHA = 0.85
 # Channel ranges come from the maxima over the calibration texts: from 12 texts they were too low, and int8 kept only
 # 94-96 % of fp32's labels; from 64, 98.7-99 %; from 500, 99.1 %.
@@ -162,13 +162,14 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
 
 
 def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel, texts: Sequence[str],
-                       alpha: float = SMOOTHING_ALPHA, skip: set[str] = frozenset()) -> None:
+                       alpha: float = SMOOTHING_ALPHA, skip: Collection[str] = ()) -> None:
     """
     SmoothQuant (Xiao et al., 2023, arXiv:2211.10438) on an fp32 ONNX graph: before each matrix product X @ W that
     int8 will quantize, divide X's input channels by s and multiply W's rows by s, with s = max|X|^alpha /
     max|W|^(1 - alpha) per channel (max|X| over `texts`). The fp32 result is unchanged up to rounding; but int8 gives
     each activation tensor one scale, and a few channels of MiniLM's layer norms reach 10-13x the median channel's
-    range, leaving the others a few bits. The division is a Mul node before each product (~0.5 % of int8's time).
+    range, leaving the others a few bits. The division is a Mul node before each product: 6-9 % of int8's time on
+    benchmarks/speed.py's texts.
     """
     onnx = _require("onnx")
     from onnx import helper, numpy_helper
@@ -233,10 +234,10 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
     With `quantized=True` and `recheck_margin` > 0, `predict` / `predict_proba` run every text through the int8 graph,
     then run again through the fp32 graph the texts where, on some task, the two most likely labels lie closer than
     `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only there. With
-    the quality experiment's model, on the shared validation texts, int8 smoothed with 512 training texts kept 98.9-99.1
-    / 98.8 % of the fp32 labels (topic / sentiment); a margin of 0.01 rechecked ~1 % of the texts and kept 99.2 /
-    99.2 %, at ~1.02x the time of int8 alone (0.02: 2.5 %, 99.2-99.3 / 99.3-99.4 %, ~1.2x). Without smoothing, int8 kept 98.1
-    / 97.4 %, and 0.05 (6.7 % rechecked) was needed for 99.2 / 99.1 %. `encode` never rechecks.
+    the quality experiment's model, on the shared validation texts, int8 smoothed with 512 training texts kept 99.1 /
+    98.8 % of the fp32 labels (topic / sentiment); a margin of 0.01 rechecked 1.1 % of the texts and kept 99.2 / 99.2 %,
+    at 1.01-1.07x the time of int8 alone (0.02: 2.5 %, 99.2-99.3 / 99.3-99.4 %, 1.15-1.2x). Without smoothing, int8
+    kept 98.1 / 97.4 %, and 0.05 (6.7 % rechecked) was needed for 99.2 / 99.1 %. `encode` never rechecks.
     """
 
     # ONNX Runtime runs fastest on smaller batches than PyTorch: on the 1,024 texts of benchmarks/speed.py int8 was
