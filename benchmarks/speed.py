@@ -86,13 +86,14 @@ def build_paths(model_dir: str | None, onnx_dir: Path):
                for task, labels in model.config.tasks.items()]
     # Afresh each run (an earlier export may be of another model or code): int8 smoothed with 512 training texts
     # (never the validation texts the agreement is measured on), and plain int8 without calibration texts.
-    rng = np.random.default_rng(0)
     training = [row["text"] for name in TRAIN_FILES.values() for row in read(DATA / name)]
-    export_onnx(model, onnx_dir, quantize=True, calibration_texts=[training[i] for i in rng.choice(len(training), 512, replace=False)])
-    export_onnx(model, onnx_dir.with_name(onnx_dir.name + "-plain"), quantize=True)
+    calibration = [training[i] for i in np.random.default_rng(0).choice(len(training), 512, replace=False)]
+    plain_dir = onnx_dir.with_name(onnx_dir.name + "-plain")
+    export_onnx(model, onnx_dir, quantize=True, calibration_texts=calibration)
+    export_onnx(model, plain_dir, quantize=True)
     onnx_models = {  # name in the agreement table -> model
         "ONNX fp32": OnnxSentenceMultiTask.from_pretrained(onnx_dir),
-        "ONNX int8, no calibration": OnnxSentenceMultiTask.from_pretrained(onnx_dir.with_name(onnx_dir.name + "-plain"), quantized=True),
+        "ONNX int8, no calibration": OnnxSentenceMultiTask.from_pretrained(plain_dir, quantized=True),
         "ONNX int8, smoothed": OnnxSentenceMultiTask.from_pretrained(onnx_dir, quantized=True),
         f"ONNX int8, smoothed, recheck_margin {RECHECK_MARGIN}":
             OnnxSentenceMultiTask.from_pretrained(onnx_dir, quantized=True, recheck_margin=RECHECK_MARGIN),

@@ -155,10 +155,10 @@ def cmd_export_onnx(args) -> int:
             calibration_texts = [text for text in _texts_from_lines(handle.read().splitlines(), args.calibration_file,
                                                                    args.text_column) if text.strip()]
     args.device, args.backend = "cpu", "torch"
+    model = load_model(args.model, args)
     try:
-        folder = export_onnx(load_model(args.model, args), args.output, quantize=args.quantize,
-                             calibration_texts=calibration_texts)
-    except ValueError as error:
+        folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
+    except ValueError as error:  # the calibration texts
         raise SystemExit(f"error: {error}")
     print(f"Exported to {folder}: {', '.join(sorted(os.listdir(folder)))}")
     return 0
