@@ -168,8 +168,8 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
     int8 will quantize, divide X's input channels by s and multiply W's rows by s, with s = max|X|^alpha /
     max|W|^(1 - alpha) per channel (max|X| over `texts`). The fp32 result is unchanged up to rounding; but int8 gives
     each activation tensor one scale, and a few channels of MiniLM's layer norms reach 10-13x the median channel's
-    range, leaving the others a few bits. The division is a Mul node before each product: 6-9 % of int8's time on
-    benchmarks/speed.py's texts.
+    range, leaving the others a few bits. The division is a Mul node before each product: 6-8 % of int8's time in
+    same-process rounds on benchmarks/speed.py's texts.
     """
     onnx = _require("onnx")
     from onnx import helper, numpy_helper
