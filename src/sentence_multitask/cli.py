@@ -159,7 +159,7 @@ def cmd_export_onnx(args) -> int:
     try:
         folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
     except ValueError as error:  # the calibration texts
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
     print(f"Exported to {folder}: {', '.join(sorted(os.listdir(folder)))}")
     return 0
 

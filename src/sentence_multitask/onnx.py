@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -153,11 +154,13 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
         else:
             source = folder / "model.smoothed.onnx"
             smooth_activations(fp32, source, model, calibration_texts, skip=set(heads))
-        quantize_dynamic(str(source), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=heads,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        if source != fp32:
-            source.unlink()
+        try:
+            quantize_dynamic(str(source), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=heads,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        finally:
+            if source != fp32:
+                source.unlink(missing_ok=True)
     return folder
 
 
@@ -177,10 +180,7 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
     graph_model = onnx.load(str(source))
     graph = graph_model.graph
     weights = {tensor.name: tensor for tensor in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    uses = Counter(name for node in graph.node for name in node.input)
     targets = [node for node in graph.node if node.op_type in ("MatMul", "Attention") and node.name not in skip
                and len(node.input) > 1 and node.input[1] in weights and uses[node.input[1]] == 1
                and len(weights[node.input[1]].dims) == 2]
@@ -189,10 +189,7 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
     for node in targets:
         weight = weights[node.input[1]]
         values = numpy_helper.to_array(weight)
-        activation_range = ranges[node.input[0]]
-        if activation_range.shape[0] != values.shape[0]:
-            continue
-        s = np.maximum(activation_range, 1e-5) ** alpha / np.maximum(np.abs(values).max(1), 1e-5) ** (1 - alpha)
+        s = np.maximum(ranges[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(values).max(1), 1e-5) ** (1 - alpha)
         s = np.clip(s, 1e-3, None).astype(np.float32)
         weight.CopyFrom(numpy_helper.from_array(values * s[:, None], weight.name))
         divisor = f"{node.name}/smooth_scale"
