@@ -140,7 +140,6 @@ def test_smoothing_leaves_fp32_results_unchanged(trained, exported, tmp_path):
     in fp32 the graph computes what it did, with one Mul before each product but the attention output projection,
     whose scales go into the value projection's columns."""
     import onnx
-    import onnxruntime
 
     from sentence_multitask.onnx import FP32_FILE, ONNX_FOLDER, smooth_activations
 

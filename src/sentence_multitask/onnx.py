@@ -254,7 +254,7 @@ def _int8(matrix: np.ndarray) -> np.ndarray:
     return np.round(matrix / scale) * scale
 
 
-def _best_scale(channels: "_Channels", matrix: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
+def _best_scale(channels: _Channels, matrix: np.ndarray, alphas: Sequence[float]) -> np.ndarray:
     """The smoothing scales, of those `alphas` give, with the smallest simulated int8 error on the calibration rows."""
     best, best_error = None, np.inf
     weight_range = np.maximum(np.abs(matrix).max(1), 1e-5)
