@@ -194,7 +194,7 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
     uses = Counter(name for node in graph.node for name in node.input)
     producers = {output: node for node in graph.node for output in node.output}
     targets = {node.name: node for node in graph.node if node.op_type in ("MatMul", "Attention")
-               and node.name not in skip and len(node.input) > 1 and node.input[1] in weights
+               and node.name and node.name not in skip and len(node.input) > 1 and node.input[1] in weights
                and uses[node.input[1]] == 1 and len(weights[node.input[1]].dims) == 2}
     stats = _activation_stats(graph_model, sorted({node.input[0] for node in targets.values()}), model, texts)
     arrays = {}  # initializer name -> its new value
