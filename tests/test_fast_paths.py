@@ -173,8 +173,8 @@ def test_bias_correction_removes_int8_shift(trained, exported, tmp_path):
     for correct in (False, True):
         graphs[correct] = tmp_path / f"smoothed-{correct}.onnx"
         smooth_activations(source, graphs[correct], trained, training_texts(), skip=set(heads), correct_bias=correct)
-    initializers = [{tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(graphs[correct])).graph.initializer}
-                    for correct in (False, True)]
+    initializers = [{tensor.name: numpy_helper.to_array(tensor) for tensor in onnx.load(str(graph)).graph.initializer}
+                    for graph in graphs.values()]
     changed = [name for name, value in initializers[0].items() if not np.array_equal(value, initializers[1][name])]
     assert len(changed) == 4 * trained.config.encoder.num_hidden_layers and all(
         initializers[0][name].ndim == 1 for name in changed)  # one bias per product, nothing else

@@ -220,7 +220,8 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
         else:
             divisor = f"{name}/smooth_scale"
             graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), divisor))
-            muls[name] = helper.make_node("Mul", [node.input[0], divisor], [f"{name}/smoothed_input"], name=f"{name}/smooth")
+            muls[name] = helper.make_node("Mul", [node.input[0], divisor], [f"{name}/smoothed_input"],
+                                          name=f"{name}/smooth")
             node.input[0] = muls[name].output[0]
     if correct_bias:
         for name, node in targets.items():
@@ -292,7 +293,8 @@ class _Channels:
         self.absmax = np.maximum(self.absmax, np.abs(value).max(0))
         self.total = self.total + value.sum(0)
         self.count += len(value)
-        self.batches.append((value.min(0), value.max(0), value[rng.choice(len(value), min(rows, len(value)), replace=False)]))
+        sample = value[rng.choice(len(value), min(rows, len(value)), replace=False)]
+        self.batches.append((value.min(0), value.max(0), sample))
 
 
 def _activation_stats(graph_model, names: list[str], model: SentenceMultiTaskModel, texts: Sequence[str]) -> dict:
