@@ -162,13 +162,11 @@ def test_bias_correction_removes_int8_shift(trained, exported, tmp_path):
     biases change, and the int8 graph's embeddings lie closer, on average, to fp32's."""
     import onnx
     from onnx import numpy_helper
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from sentence_multitask.onnx import FP32_FILE, ONNX_FOLDER, smooth_activations
+    from sentence_multitask.onnx import FP32_FILE, ONNX_FOLDER, head_products, quantize_int8, smooth_activations
 
     source = exported / ONNX_FOLDER / FP32_FILE
-    heads = [name for node in onnx.load(str(source)).graph.node if node.op_type in ("Gemm", "MatMul")
-             and not node.name.startswith("/model/encoder/") for name in (node.name, f"{node.name}_MatMul")]
+    heads = head_products(source)
     graphs = {}
     for correct in (False, True):
         graphs[correct] = tmp_path / f"smoothed-{correct}.onnx"
@@ -183,9 +181,7 @@ def test_bias_correction_removes_int8_shift(trained, exported, tmp_path):
     shifts = []
     for correct, graph in graphs.items():
         quantized = tmp_path / f"int8-{correct}.onnx"
-        quantize_dynamic(str(graph), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=heads,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_int8(graph, quantized, heads)
         shifts.append(np.linalg.norm((run_graph(quantized, trained)[0] - reference).mean(0)))
     assert shifts[1] < shifts[0], shifts
 

@@ -82,7 +82,7 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
     samples of 512 training texts, batches of 32 and 64) instead of 98.1 / 97.4 %, and lost at most 0.2 points of
     accuracy on either task.
     """
-    onnx = _require("onnx")
+    _require("onnx")
     _require("onnxruntime")
     if calibration_texts is not None:
         if not quantize:
@@ -141,14 +141,7 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
     else:
         raw.replace(fp32)
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        # Only the encoder's matrix products are quantized. The heads and the embedding lookup are a fraction of a
-        # percent of the compute: kept in fp32 they cost nothing and flip fewer labels. (The heads export as Gemm,
-        # which quantize_dynamic first rewrites into a MatMul named NAME_MatMul, so both names are excluded.)
-        heads = [name for node in onnx.load(str(fp32)).graph.node
-                 if node.op_type in ("Gemm", "MatMul") and not node.name.startswith("/model/encoder/")
-                 for name in (node.name, f"{node.name}_MatMul")]
+        heads = head_products(fp32)
         source = fp32
         if calibration_texts is None:
             logger.warning("Quantizing without calibration_texts: int8 keeps fewer of fp32's labels (97-98 %% measured); "
@@ -157,13 +150,31 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
             source = folder / "model.smoothed.onnx"
             smooth_activations(fp32, source, model, calibration_texts, skip=set(heads))
         try:
-            quantize_dynamic(str(source), str(folder / INT8_FILE), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=heads,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_int8(source, folder / INT8_FILE, heads)
         finally:
             if source != fp32:
                 source.unlink(missing_ok=True)
     return folder
+
+
+def head_products(graph: Path) -> list[str]:
+    """The names of the heads' products in an exported fp32 graph, which int8 leaves in fp32. The heads and the
+    embedding lookup are a fraction of a percent of the compute: kept in fp32 they cost nothing and flip fewer labels.
+    (The heads export as Gemm, which quantize_dynamic first rewrites into a MatMul named NAME_MatMul: both names.)"""
+    onnx = _require("onnx")
+    return [name for node in onnx.load(str(graph)).graph.node
+            if node.op_type in ("Gemm", "MatMul") and not node.name.startswith("/model/encoder/")
+            for name in (node.name, f"{node.name}_MatMul")]
+
+
+def quantize_int8(source: Path, target: Path, keep: Collection[str]) -> None:
+    """Dynamic int8 of the encoder's matrix products (per-channel int8 weights), all but the products in `keep`."""
+    onnx = _require("onnx")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=list(keep),
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel, texts: Sequence[str],
@@ -204,7 +215,11 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
             arrays[name] = numpy_helper.to_array(weights[name]).astype(np.float64)
         return arrays[name]
 
-    biases = {name: _bias_name(node, graph, weights, uses) for name, node in targets.items()}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    biases = {name: _bias_name(node, consumers, weights, uses) for name, node in targets.items()}
     smoothed_means, muls = {}, {}
     for name, node in targets.items():
         channels = stats[node.input[0]]
@@ -236,13 +251,13 @@ def smooth_activations(source: Path, target: Path, model: SentenceMultiTaskModel
     onnx.save(graph_model, str(target))
 
 
-def _bias_name(node, graph, weights: dict, uses: Counter) -> str | None:
+def _bias_name(node, consumers: dict, weights: dict, uses: Counter) -> str | None:
     """The initializer holding `node`'s bias, if no other node reads it: the Attention's third input, or the other
     input of the Add that alone reads a MatMul's output."""
     if node.op_type == "Attention":
         name = node.input[2] if len(node.input) > 2 else None
     else:
-        adds = [user for user in graph.node if node.output[0] in user.input]
+        adds = consumers.get(node.output[0], [])
         name = next((other for other in adds[0].input if other != node.output[0]), None) \
             if len(adds) == 1 and adds[0].op_type == "Add" else None
     return name if name in weights and uses[name] == 1 and len(weights[name].dims) == 1 else None
