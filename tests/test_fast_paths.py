@@ -96,6 +96,42 @@ def test_bf16_agrees_with_fp32(trained):
     assert all(share >= 0.995 for share in same.values()), same
 
 
+
+def test_bf16_casts_the_weights_once_and_again_when_they_change(minilm_path, monkeypatch):
+    """In inference mode autocast casts each product's fp32 weights anew for every batch; bf16 encode/predict keep
+    one bf16 copy instead. Same results as autocast's own casts, the copy reused across calls, made again when a
+    weight changes in place (as a training step does)."""
+    if not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel
+
+    model = SentenceMultiTaskModel.from_encoder(minilm_path, tasks=REFERENCE_TASKS).eval()
+    texts = [row["text"] for rows in validation_texts(40).values() for row in rows]
+
+    def run():
+        return model.encode(texts, precision="bf16", convert_to="torch"), model.predict_proba(texts, precision="bf16")
+
+    def autocast_only():  # what ran before: the fp32 weights, cast by autocast on every call
+        with monkeypatch.context() as patch:
+            patch.setattr(model, "_autocast_weights", lambda dtype: dict(model.encoder.named_parameters()))
+            return run()
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and all(torch.equal(a[1][task], b[1][task]) for task in a[1])
+
+    first = run()
+    copies = model._autocast_copies[1]
+    parameters = dict(model.encoder.named_parameters())
+    assert copies and all(torch.equal(copy, parameters[name].to(torch.bfloat16)) for name, copy in copies.items())
+    assert same(first, autocast_only())
+    assert same(run(), first) and model._autocast_copies[1] is copies
+
+    with torch.no_grad():
+        model.encoder.encoder.layer[0].intermediate.dense.weight.mul_(1.5)
+    changed = run()
+    assert model._autocast_copies[1] is not copies
+    assert same(changed, autocast_only()) and not torch.allclose(changed[0], first[0], atol=1e-3)
+
 def test_onnx_fp32_matches_pytorch(trained, exported):
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 

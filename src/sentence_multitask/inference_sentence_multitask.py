@@ -184,8 +184,9 @@ class SentenceInferenceMixin:
     """
     `encode`, `predict` and `predict_proba` for a model that provides `config` (`tasks`, `pooling`, `hidden_size`,
     `num_labels_per_task`), `device`, `heads` (task -> [`TaskHead`]), `training` / `eval()` (as an `nn.Module` does),
-    `_batches(texts, batch_size, max_length, show_progress_bar)` and `_token_states(inputs)` (the encoder's last
-    hidden states of one batch). A model may instead override `_run` (the ONNX model does).
+    `_batches(texts, batch_size, max_length, show_progress_bar)` and `_token_states(inputs, autocast_dtype)` (the
+    encoder's last hidden states of one batch; `_run` calls it under autocast to `autocast_dtype` when that is not
+    None). A model may instead override `_run` (the ONNX model does).
     """
 
     # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
@@ -205,7 +206,7 @@ class SentenceInferenceMixin:
         autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
         with torch.inference_mode(), autocast:
             for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
-                token_states = self._token_states(inputs)
+                token_states = self._token_states(inputs, autocast_dtype)
                 pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
                 index = torch.tensor(positions)
                 embeddings[index] = pooled.float().cpu()

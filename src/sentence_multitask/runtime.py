@@ -20,6 +20,7 @@ silently), which also reports damaged or mismatched files in its own words.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -139,6 +140,9 @@ class BertEncoder:
     last hidden states equal BertModel's.
     """
 
+    LAYER_WEIGHTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                     "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+
     def __init__(self, shape: BertShape, weights: Mapping[str, torch.Tensor]):
         self.hidden_size = shape.hidden_size
         self.head_dim = shape.hidden_size // shape.num_attention_heads
@@ -149,13 +153,20 @@ class BertEncoder:
         self.position = weights[embeddings + "position_embeddings.weight"]
         self.token_type = weights[embeddings + "token_type_embeddings.weight"]
         self.norm = (weights[embeddings + "LayerNorm.weight"], weights[embeddings + "LayerNorm.bias"])
-        names = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                 "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
         self.layers = [
             [(weights[f"encoder.encoder.layer.{i}.{name}.weight"], weights[f"encoder.encoder.layer.{i}.{name}.bias"])
-             for name in names]
+             for name in self.LAYER_WEIGHTS]
             for i in range(shape.num_hidden_layers)
         ]
+
+    def cast(self, dtype: torch.dtype) -> BertEncoder:
+        """This encoder with its matrix products' weights and biases in `dtype`, as autocast casts them on every call
+        (the embeddings and layer norms stay fp32, as autocast leaves them): run under autocast, it gives the same
+        results without casting the weights anew for every batch."""
+        cast = copy.copy(self)
+        cast.layers = [[pair if name.endswith("LayerNorm") else (pair[0].to(dtype), pair[1].to(dtype))
+                        for name, pair in zip(self.LAYER_WEIGHTS, layer)] for layer in self.layers]
+        return cast
 
     def _layer_norm(self, states: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(states, (self.hidden_size,), norm[0], norm[1], self.eps)
@@ -229,6 +240,7 @@ class SentenceMultiTaskRuntime(SentenceInferenceMixin, nn.Module):
         self.heads = heads
         self.tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
+        self._cast_encoders: dict[torch.dtype, BertEncoder] = {}
         self.eval()
 
     @classmethod
@@ -276,8 +288,14 @@ class SentenceMultiTaskRuntime(SentenceInferenceMixin, nn.Module):
             progress_bar=_progress_bar,
         )
 
-    def _token_states(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(inputs["input_ids"], inputs["attention_mask"])
+    def _token_states(self, inputs: Mapping[str, torch.Tensor], autocast_dtype: torch.dtype | None = None
+                      ) -> torch.Tensor:
+        encoder = self.encoder
+        if autocast_dtype is not None:  # the weights never change (see _apply): cast them once per dtype
+            if autocast_dtype not in self._cast_encoders:
+                self._cast_encoders[autocast_dtype] = self.encoder.cast(autocast_dtype)
+            encoder = self._cast_encoders[autocast_dtype]
+        return encoder(inputs["input_ids"], inputs["attention_mask"])
 
 
 # ---------------------------------------------------------------------------------------------------- reading files
