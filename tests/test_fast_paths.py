@@ -96,7 +96,6 @@ def test_bf16_agrees_with_fp32(trained):
     assert all(share >= 0.995 for share in same.values()), same
 
 
-
 def test_bf16_casts_the_weights_once_and_again_when_they_change(minilm_path, monkeypatch):
     """In inference mode autocast casts each product's fp32 weights anew for every batch; bf16 encode/predict keep
     one bf16 copy instead. Same results as autocast's own casts, the copy reused across calls, made again when a
@@ -131,6 +130,7 @@ def test_bf16_casts_the_weights_once_and_again_when_they_change(minilm_path, mon
     changed = run()
     assert model._autocast_copies[1] is not copies
     assert same(changed, autocast_only()) and not torch.allclose(changed[0], first[0], atol=1e-3)
+
 
 def test_onnx_fp32_matches_pytorch(trained, exported):
     from sentence_multitask.onnx import OnnxSentenceMultiTask
