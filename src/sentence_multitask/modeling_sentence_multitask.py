@@ -29,6 +29,7 @@ from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_te
     SentenceInferenceMixin,
     TaskHead,
     _label_results,
+    attention_kernels,
     check_texts,
     length_sorted_batches,
     pool,
@@ -248,7 +249,8 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             encoder_inputs["token_type_ids"] = token_type_ids
-        token_states = self.encoder(**encoder_inputs, return_dict=True, **kwargs).last_hidden_state
+        with attention_kernels(self.device):
+            token_states = self.encoder(**encoder_inputs, return_dict=True, **kwargs).last_hidden_state
         embeddings = pool(token_states, attention_mask, self.config.pooling)
         logits = {task: head(embeddings) for task, head in self.heads.items()}
         loss = self.compute_loss(logits, labels) if labels is not None else None
