@@ -95,3 +95,17 @@ print(sorted(os.listdir({str(tmp_path / 'again')!r})))
             "tokenizer.json", "config.json"} <= names
     config = json.loads((tmp_path / "again" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_sentence_multitask.SentenceMultiTaskModel"
+
+
+def test_too_old_transformers_gets_a_message_naming_the_version(saved):
+    """SubConfigSpec first shipped in transformers 5.20; an older one (faked by deleting it) must get a clear error."""
+    path, _ = saved
+    code = f"""
+import transformers.configuration_utils
+del transformers.configuration_utils.SubConfigSpec
+from transformers import AutoConfig
+AutoConfig.from_pretrained({str(path)!r}, trust_remote_code=True)
+"""
+    result = run_python(code)
+    assert result.returncode != 0
+    assert "need transformers>=5.20" in result.stderr and "pip install -U 'transformers>=5.20,<6'" in result.stderr

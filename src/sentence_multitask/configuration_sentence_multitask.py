@@ -10,7 +10,14 @@ import json
 from typing import ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError as error:  # a saved model's copy of this file can meet any transformers
+    import transformers
+
+    raise ImportError(f"sentence-multitask models need transformers>=5.20 (SubConfigSpec); this is "
+                      f"{transformers.__version__}. Upgrade it: pip install -U 'transformers>=5.20,<6'") from error
 
 POOLING_MODES = ("mean", "cls", "max")
 
