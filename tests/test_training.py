@@ -376,6 +376,11 @@ BAD_DATA = {
         ["--tasks", "topic", "sentiment"],
         r"Task 'sentiment' has no labelled training row",
     ),
+    "no file carries a task, labels given": (
+        ['{"text": "a", "topic": "sports"}', '{"text": "b", "topic": "tech"}'],
+        ["--labels", "topic=sports,tech", "sentiment=negative,positive"],
+        r"Task 'sentiment' has no labelled training row",
+    ),
     "malformed JSON": (
         ['{"text": "a", "topic": "sports"}', '{"text": "b", "topic": "tech"}', '{"text": "c", "topic": "tech"',
          '{"text": "d", "topic": "tech"}'],
@@ -412,6 +417,27 @@ def test_unknown_label_in_validation_file_is_named(tmp_path, data_dir, tiny_toke
     with pytest.raises(DataError, match=r"val\.jsonl \(validation\), line 2: unknown label 'cooking' for task 'topic'"):
         prepare_data(DataArguments(train_files=[str(data_dir / "both.jsonl")], validation_files=[validation],
                                    tasks=["topic", "sentiment"]), tiny_tokenizer)
+
+
+def test_validation_files_without_train_files_is_an_error(tmp_path, data_dir, tiny_tokenizer):
+    """Not silently swapped for the demo validation file."""
+    with pytest.raises(ValueError, match=r"--validation_files needs --train_files"):
+        prepare_data(DataArguments(validation_files=[str(data_dir / "both_val.jsonl")]), tiny_tokenizer)
+
+
+def test_unknown_task_prefix_hint_fits_train_and_evaluate(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.evaluation import evaluate_model
+
+    spec = f"cooking={data_dir / 'both_val.jsonl'}"
+    hint = r"names task\(s\) \['cooking'\].*the TASK= prefix of this file must name one of them\.$"
+    with pytest.raises(DataError, match=hint) as trained:
+        prepare_data(DataArguments(train_files=[str(data_dir / "both.jsonl")], validation_files=[spec],
+                                   tasks=["topic", "sentiment"]), tiny_tokenizer)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"topic": ["health", "sports", "tech"]})
+    with pytest.raises(DataError, match=hint) as evaluated:  # `evaluate` has no --tasks option
+        evaluate_model(model, [spec])
+    assert "--tasks" not in str(trained.value) + str(evaluated.value)
 
 
 # ---------------------------------------------------------------------------------------------------- 6. resume
@@ -454,6 +480,23 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
     assert bit_identical(halfway, resumed)  # steps 5-8 did train after the resume
     state = json.loads((tmp_path / "b" / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
+
+
+def test_continued_training_defaults_to_the_saved_tasks_and_applies_task_weights(tmp_path, data_dir, tiny_encoder):
+    saved = tmp_path / "saved"
+    training.main(tiny_args(tiny_encoder, saved, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
+                            "sentiment", "--max_steps", "1"))
+    # A plain PATH file (no TASK= prefix, no --tasks): the saved model's tasks.
+    out = tmp_path / "continued"
+    training.main(tiny_args(tiny_encoder, out, "--model_name_or_path", str(saved), "--train_files",
+                            str(data_dir / "both.jsonl"), "--task_weights", "topic=5", "sentiment=0.1",
+                            "--max_steps", "1"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["tasks"] == json.loads((saved / "config.json").read_text())["tasks"]
+    assert config["task_weights"] == {"topic": 5.0, "sentiment": 0.1}
+    with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['cooking'\]"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "bad", "--model_name_or_path", str(saved), "--train_files",
+                                str(data_dir / "both.jsonl"), "--task_weights", "cooking=2", "--max_steps", "1"))
 
 
 # ---------------------------------------------------------------------------------------------------- 7. two processes
@@ -550,7 +593,7 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
     commits, repos = [], []
 
     def create_repo(self, repo_id, *args, **kwargs):
-        repos.append((repo_id, kwargs.get("token")))
+        repos.append((repo_id, kwargs.get("token"), kwargs.get("private")))
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def create_commit(self, repo_id, operations, *args, **kwargs):
@@ -580,9 +623,11 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
     metrics = training.main(tiny_args(
         tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
         "--validation_files", str(data_dir / "both_val.jsonl"), "--max_steps", "2",
-        "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", token,
+        "--push_to_hub", "--push_to_hub_private", "true", "--hub_model_id", repo_id, "--hub_token", token,
     ))
-    assert repos and all(name == repo_id for name, _ in repos)
+    assert repos and all(name == repo_id for name, _, _ in repos)
+    # create_repo(exist_ok=True) never changes an existing repo's visibility: the first call must already be private.
+    assert all(private is True for _, _, private in repos), repos
     assert len(commits) == 1, f"expected one commit with everything, got {len(commits)}"
     commit = commits[0]
     files = commit["files"]

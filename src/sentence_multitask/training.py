@@ -148,6 +148,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
             # Without this, transformers runs each CPU process alone (no DDP, gradients never averaged).
             self.use_cpu = True
         super().__post_init__()
+        if self.push_to_hub_private:
+            self.hub_private_repo = True  # Trainer.__init__ creates the repo (init_hf_repo) before push() runs
         if self.task_sampling not in SAMPLING_MODES:
             raise ValueError(f"--task_sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.task_sampling!r}.")
         if self.sampling_temperature <= 0:
@@ -314,7 +316,8 @@ def resolve_columns(spec, dataset, tasks, label_columns, text_column, split) -> 
     wanted = spec.tasks if spec.tasks is not None else tasks
     unknown = [task for task in wanted if task not in tasks]
     if unknown:
-        raise DataError(f"{spec.name}: names task(s) {unknown} that are not among the tasks {tasks}; add them to --tasks.")
+        raise DataError(f"{spec.name}: names task(s) {unknown}, but the tasks are {tasks}; the TASK= prefix of this "
+                        "file must name one of them.")
     columns = {}
     for task in wanted:
         column = label_column_for(task, dataset, label_columns, spec)
@@ -339,13 +342,11 @@ def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict
     """Label lists: as given, else the sorted distinct string labels of the training data (logged)."""
     labels = {}
     for task in tasks:
-        if task in given:
+        carriers = [(dataset, columns[task]) for spec, dataset, columns in sources if task in columns]
+        if task in given and carriers:  # a carrying file with no label at all is named by prepare_data's build()
             labels[task] = given[task]
             continue
-        found: set = set()
-        for spec, dataset, columns in sources:
-            if task in columns:
-                found.update(value for value in dataset[columns[task]] if value is not None)
+        found = {value for dataset, column in carriers for value in dataset[column] if value is not None}
         if not found:
             raise DataError(f"Task {task!r} has no labelled training row; give data for it or drop it from --tasks.")
         if not all(isinstance(value, str) for value in found):
@@ -407,6 +408,9 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
     if data_args.dataset_names and data_args.validation_split:
         validation_specs += parse_specs(data_args.dataset_names, is_hub=True)
     if not train_specs:
+        if validation_specs:
+            raise ValueError("--validation_files needs --train_files (or --dataset_names): without them training uses "
+                             "the bundled demo set and its own validation file.")
         train_file, validation_file = demo_files()
         train_specs, validation_specs = parse_specs([train_file]), parse_specs([validation_file])
         logger.info("No --train_files given: training on the bundled demo set (%s).", train_file)
@@ -417,7 +421,7 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
     for spec in train_specs:
         tasks += [task for task in (spec.tasks or []) if task not in tasks]
     if not tasks:
-        tasks = [task for task in REFERENCE_TASKS] if not data_args.train_files and not data_args.dataset_names else []
+        tasks = list(given_labels or []) if data_args.train_files or data_args.dataset_names else list(REFERENCE_TASKS)
     if not tasks:
         raise ValueError("No tasks named: use --tasks, --labels TASK=..., or TASK=PATH in --train_files.")
     label_columns = parse_key_values(data_args.label_columns, "--label_columns")
@@ -461,9 +465,6 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
 
     train = build(train_sources, data_args.train_split)
     validation = build(validation_sources, data_args.validation_split or "validation") if validation_sources else None
-    for task in labels:
-        if all(value == IGNORE for value in train[LABEL_PREFIX + task]):
-            raise DataError(f"Task {task!r} has no labelled training row; give a file for it or drop it from --tasks.")
     description = {}
     for task in labels:
         files = [f"{Path(spec.source).name if not spec.is_hub else spec.source} ({len(dataset)} rows)"
@@ -623,10 +624,9 @@ class MultiTaskTrainer(Trainer):
             for is_head, lr in ((False, group["lr"]), (True, head_lr)):
                 chosen = [p for p in params if (id(p) in head_params) == is_head]
                 if chosen:
-                    groups.append({**group, "params": chosen, "lr": lr, "initial_lr": lr})
+                    groups.append({**group, "params": chosen, "lr": lr})
         optimizer.param_groups.clear()
         for group in groups:
-            group.pop("initial_lr")
             optimizer.add_param_group(group)
         return optimizer
 
@@ -685,6 +685,9 @@ def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_we
                     f"{model_args.model_name_or_path} has labels {model.config.tasks[task]} for task {task!r}, but the "
                     f"data asks for {labels}; keep the model's labels (--labels {task}=...) or start from --encoder."
                 )
+        weights = {**(model.config.task_weights or {}), **(task_weights or {})}
+        # Checked by the config class itself, as on the from_encoder path.
+        model.config.task_weights = type(model.config)(tasks=model.config.tasks, task_weights=weights).task_weights
         return model
     return SentenceMultiTaskModel.from_encoder(
         model_args.encoder,
@@ -874,7 +877,7 @@ def push(model, args: MultiTaskTrainingArguments):
     """Publish code, weights, tokenizer and card together (one commit)."""
     repo_id = args.hub_model_id or Path(args.output_dir).name
     model.training_summary["repo_id"] = repo_id
-    return model.push_to_hub(repo_id, private=args.push_to_hub_private, token=args.hub_token,
+    return model.push_to_hub(repo_id, private=args.hub_private_repo, token=args.hub_token,
                              commit_message="Upload sentence-multitask model")
 
 
