@@ -71,3 +71,38 @@ def test_clear_errors(saved, tmp_path):
     assert both.returncode != 0 and "not both" in both.stderr
     no_model = cli("predict", "text")
     assert no_model.returncode != 0 and "--model" in no_model.stderr
+
+
+def user_error(result, text):
+    assert result.returncode != 0 and text in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_user_errors_are_one_line_not_a_traceback(saved, tmp_path):
+    user_error(cli("predict", "--model", str(saved), "--batch_size", "0", "hi"), "batch_size must be a positive integer")
+    for missing in ("/nonexistent", str(tmp_path / "missing"), "./missing", "a/b/c"):
+        user_error(cli("predict", "--model", missing, "hi"), f"{missing}: no such directory; --model takes a directory")
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": SENTENCES[0], "topic": "other"}) + "\n")
+    user_error(cli("evaluate", "--model", str(saved), "--data", f"topc={data}"), "['topc']")
+    user_error(cli("predict", "--model", str(saved), "--backend", "onnx", "--precision", "bf16", "hi"),
+               "drop --precision or use --backend torch")
+    user_error(cli("embed", "--backend", "onnx-int8", "hi"), "add --model")
+
+
+def test_embed_without_model_honours_device_and_threads(monkeypatch, capsys):
+    import torch
+
+    from sentence_multitask import SentenceMultiTaskModel, cli as command_line
+
+    devices, to = [], SentenceMultiTaskModel.to
+    monkeypatch.setattr(SentenceMultiTaskModel, "to",
+                        lambda self, *args, **kwargs: devices.append(args) or to(self, *args, **kwargs))
+    threads = torch.get_num_threads()
+    try:
+        assert command_line.main(["embed", "--device", "cpu", "--threads", "3", "hi"]) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert ("cpu",) in devices
+    assert len(json.loads(capsys.readouterr().out)["embedding"]) == 384

@@ -56,32 +56,40 @@ def recheck_option(sub) -> None:
                           "recheck).")
 
 
-def load_model(path: str, args, runtime: bool = False):
+def load_model(path: str | None, args, runtime: bool = False):
     """
-    The model at `path` for `args` (backend, device, threads, precision). With `runtime`, a local model the
-    transformers-free runtime can serve on CPU is served by it: same results, and no seconds spent importing
-    transformers' modeling stack; any other model loads as before.
+    The model at `path` for `args` (backend, device, threads, precision); `path` None: the default encoder with
+    unused reference heads (for embeddings). With `runtime`, a local model the transformers-free runtime can serve
+    on CPU is served by it: same results, and no seconds spent importing transformers' modeling stack; any other
+    model loads as before.
     """
-    if not os.path.isdir(path) and os.path.exists(path):
-        raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
+    if path is not None and not os.path.isdir(path):
+        if os.path.exists(path):
+            raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
+        # A Hub id is NAME or OWNER/NAME: anything else that names no directory is a mistyped local path.
+        if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or os.path.isdir(os.path.dirname(path)):
+            raise SystemExit(f"error: {path}: no such directory; --model takes a directory saved by `sentence-multitask "
+                             "train` (or save_pretrained) or a Hub repo id.")
     recheck_margin = getattr(args, "recheck_margin", None) or 0.0
     if recheck_margin and getattr(args, "backend", "torch") != "onnx-int8":
         raise SystemExit("error: --recheck_margin applies to --backend onnx-int8 only.")
     if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
+        if path is None:
+            raise SystemExit("error: --backend onnx runs a saved model's ONNX graph (see export-onnx): add --model DIR.")
+        if getattr(args, "precision", None) in ("bf16", "fp16"):
+            raise SystemExit(f"error: --precision {args.precision}: an ONNX model runs at the precision it was exported "
+                             "with; drop --precision or use --backend torch.")
         from .onnx import OnnxSentenceMultiTask
 
-        try:
-            return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8",
-                                                         threads=args.threads, recheck_margin=recheck_margin)
-        except (FileNotFoundError, ValueError) as error:
-            raise SystemExit(f"error: {error}") from None
+        return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8", threads=args.threads,
+                                                     recheck_margin=recheck_margin)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = getattr(args, "precision", None) or "fp32"
-    if runtime and device == "cpu":
+    if runtime and device == "cpu" and path is not None:
         from .runtime import SentenceMultiTaskRuntime, UnsupportedModelError
 
         try:
@@ -93,8 +101,13 @@ def load_model(path: str, args, runtime: bool = False):
             return model
     from .modeling_sentence_multitask import SentenceMultiTaskModel
 
-    # The package's own class: same code as the model's remote code, without copying it into the modules cache.
-    model = SentenceMultiTaskModel.from_pretrained(path)
+    if path is None:
+        from . import REFERENCE_TASKS
+
+        model = SentenceMultiTaskModel.from_encoder(tasks=REFERENCE_TASKS)  # heads unused for embeddings
+    else:
+        # The package's own class: same code as the model's remote code, without copying it into the modules cache.
+        model = SentenceMultiTaskModel.from_pretrained(path)
     model.inference_precision = precision
     return model.to(device)
 
@@ -116,13 +129,7 @@ def cmd_predict(args) -> int:
 
 def cmd_embed(args) -> int:
     texts = read_texts(args)
-    if args.model:
-        model = load_model(args.model, args, runtime=True)
-    else:
-        from . import REFERENCE_TASKS, SentenceMultiTaskModel
-
-        model = SentenceMultiTaskModel.from_encoder(tasks=REFERENCE_TASKS)  # heads unused for embeddings
-        model.inference_precision = args.precision
+    model = load_model(args.model, args, runtime=True)
     embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
     return 0
@@ -156,10 +163,7 @@ def cmd_export_onnx(args) -> int:
                                                                    args.text_column) if text.strip()]
     args.device, args.backend = "cpu", "torch"
     model = load_model(args.model, args)
-    try:
-        folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
-    except ValueError as error:  # the calibration texts
-        raise SystemExit(f"error: {error}") from None
+    folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
     print(f"Exported to {folder}: {', '.join(sorted(os.listdir(folder)))}")
     return 0
 
@@ -239,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "train":
         return cmd_train(argv[1:])
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:  # bad input: options, texts, model files, data files (DataError)
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
