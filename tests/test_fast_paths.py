@@ -396,3 +396,67 @@ def test_cli_export_calibration_file(trained, exported, tmp_path, extra, error):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and error in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_exported(tmp_path_factory, tiny_encoder):
+    """A trained-looking model (a card with metrics) saved, loaded and exported into its own folder, as
+    `sentence-multitask export-onnx --model D --output D` does; with the card as saved before the export."""
+    from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel
+    from sentence_multitask.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny-onnx")
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS)
+    model.training_summary = {"metrics": {"topic": {"accuracy": 0.8123, "macro_f1": 0.7456, "macro_recall": 0.75}}}
+    model.save_pretrained(path)
+    card = (path / "README.md").read_text()
+    export_onnx(SentenceMultiTaskModel.from_pretrained(path), path)
+    return path, card
+
+
+def test_exporting_into_the_models_own_folder_keeps_its_card(tiny_exported):
+    path, card = tiny_exported
+    assert (path / "onnx" / "model.onnx").is_file()
+    assert (path / "README.md").read_text() == card and "value: 0.8123" in card
+
+
+def test_export_never_overwrites_another_saved_model(tiny_exported, tiny_encoder, tmp_path):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.onnx import export_onnx
+
+    other = tmp_path / "other"
+    SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"spam": ["ham", "spam"]}).save_pretrained(other)
+    def files():
+        return {str(p.relative_to(other)): p.read_bytes() for p in other.rglob("*") if p.is_file()}
+
+    before = files()
+    with pytest.raises(FileExistsError, match="already holds another saved model"):
+        export_onnx(SentenceMultiTaskModel.from_pretrained(tiny_exported[0]), other)
+    assert files() == before  # nothing changed, nothing added
+
+
+def test_onnx_checks_and_caps_max_length_as_the_model_does(tiny_exported):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    onnx_model = OnnxSentenceMultiTask.from_pretrained(tiny_exported[0])
+    long = "word " * 1000
+    for max_length in (0, 1):
+        with pytest.raises(ValueError, match="max_length must be an integer from 2 to 512"):
+            onnx_model.encode([long], max_length=max_length)
+    model = SentenceMultiTaskModel.from_pretrained(tiny_exported[0])
+    expected = model.encode(long, max_length=512)
+    assert np.abs(onnx_model.encode(long, max_length=600) - expected).max() < 1e-4
+
+
+def test_onnx_model_without_tokenizer_files_is_refused_by_name(tiny_exported, tmp_path):
+    import shutil
+
+    from sentence_multitask.onnx import OnnxSentenceMultiTask
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_exported[0], path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).unlink()
+    with pytest.raises(OSError, match=r"missing tokenizer\.json, tokenizer_config\.json.*tokenizer\.save_pretrained"):
+        OnnxSentenceMultiTask.from_pretrained(path)

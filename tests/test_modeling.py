@@ -242,3 +242,35 @@ def test_code_files_import_only_torch_transformers_stdlib_and_each_other():
 def test_config_without_tasks_cannot_build_a_model():
     with pytest.raises(ValueError, match="no tasks"):
         SentenceMultiTaskModel(SentenceMultiTaskConfig())
+
+
+TRAINED_SUMMARY = {"model_name": "news", "metrics": {"topic": {"accuracy": 0.8123, "macro_f1": 0.7456, "macro_recall": 0.75}}}
+
+
+def test_a_loaded_model_saved_again_keeps_its_card(tmp_path, tiny_encoder):
+    """The card of a trained model holds its measured metrics; loading and saving it again (or pushing it) keeps that
+    card, edits included, instead of rendering one that says the model was never fine-tuned."""
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS)
+    model.training_summary = TRAINED_SUMMARY
+    model.save_pretrained(tmp_path / "trained")
+    card = (tmp_path / "trained" / "README.md").read_text() + "\nA note the author added by hand.\n"
+    assert "value: 0.8123" in card and "not been fine-tuned" not in card
+    (tmp_path / "trained" / "README.md").write_text(card)
+
+    loaded = SentenceMultiTaskModel.from_pretrained(tmp_path / "trained")
+    loaded.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "README.md").read_text() == card
+
+    # Training again gives a new summary, and a new card from it.
+    loaded.training_summary = {"metrics": {"topic": {"accuracy": 0.9345}}}
+    loaded.save_pretrained(tmp_path / "retrained")
+    retrained = (tmp_path / "retrained" / "README.md").read_text()
+    assert "value: 0.9345" in retrained and "0.8123" not in retrained
+
+
+@pytest.mark.parametrize("path", ["/nonexistent", "./no-such-model", "models/no/such-model", "PATH_OBJECT"])
+def test_a_local_path_that_does_not_exist_is_named_as_such(path, tmp_path):
+    path = tmp_path / "missing" if path == "PATH_OBJECT" else path
+    with pytest.raises(FileNotFoundError, match="does not exist: pass the folder save_pretrained wrote") as error:
+        SentenceMultiTaskModel.from_pretrained(path)
+    assert str(path) in str(error.value) and "Repo id" not in str(error.value)

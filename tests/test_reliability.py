@@ -330,6 +330,34 @@ def test_cli_predict_bad_input(tiny_saved, tmp_path):
     assert "texts.jsonl" in bad.stderr and "line 4" in bad.stderr, bad.stderr[-2000:]
 
 
+@pytest.mark.parametrize("max_length", [0, 1, -3, 2.5, "64"])
+def test_a_max_length_under_two_tokens_is_refused_by_every_path(max_length, tiny_model, tiny_saved, tiny_pipeline):
+    from sentence_multitask.runtime import SentenceMultiTaskRuntime
+
+    runtime = SentenceMultiTaskRuntime.from_pretrained(tiny_saved)
+    calls = {"encode": tiny_model.encode, "predict": tiny_model.predict, "runtime encode": runtime.encode,
+             "runtime predict": runtime.predict, "pipeline": tiny_pipeline}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"max_length must be an integer from 2 to 512 \(a text needs \[CLS\] and "
+                                             r"\[SEP\]\), got .*; leave it None for the model's default \(256\)"):
+            call(["A text.", LONG], max_length=max_length)
+            pytest.fail(f"{name} accepted max_length={max_length!r}")
+
+
+def test_max_length_is_capped_at_the_encoders_positions_on_every_path(tiny_model, tiny_saved, tiny_pipeline, monkeypatch):
+    from sentence_multitask.runtime import SentenceMultiTaskRuntime
+
+    runtime = SentenceMultiTaskRuntime.from_pretrained(tiny_saved)
+    for model in (tiny_model, runtime):
+        capped = model.encode(LONG, max_length=512)
+        assert np.abs(model.encode(LONG, max_length=600) - capped).max() <= ATOL
+        assert np.abs(model.encode(LONG, max_length=2) - model.encode("")).max() <= ATOL  # [CLS] [SEP]
+    assert same_prediction(tiny_pipeline(LONG, max_length=600), tiny_model.predict(LONG, max_length=512))
+    # The encoder's 512 positions cap it also where the tokenizer names no limit of its own.
+    monkeypatch.setattr(tiny_model.tokenizer, "model_max_length", int(1e30))
+    assert np.abs(tiny_model.encode(LONG, max_length=600) - capped).max() <= ATOL
+
+
 # ---------------------------------------------------------------------------------------------------- 2. hypothesis
 
 
@@ -435,6 +463,30 @@ def test_a_broken_model_directory_fails_at_load_time(case, tiny_saved, tmp_path)
         with pytest.raises((OSError, ValueError), match=message):
             model = load()
             pytest.fail(f"{name} returned a {type(model).__name__} from a directory with {case}")
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused_by_name(tiny_model, tiny_saved, tiny_encoder, tmp_path):
+    """Without its tokenizer files transformers builds a tokenizer of special tokens only: every word became [UNK]
+    and predict answered wrongly without an error. A tokenizer given from elsewhere still works."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "model"
+    shutil.copytree(tiny_saved, path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).unlink()
+    text = "The striker scored twice in the final."
+    message = r"has no tokenizer vocabulary \(missing tokenizer\.json, tokenizer_config\.json\).*tokenizer\.save_pretrained"
+    model = SentenceMultiTaskModel.from_pretrained(str(path))
+    with pytest.raises(OSError, match=message):
+        model.predict(text)
+    result = cli("predict", "--model", str(path), text)
+    assert result.returncode != 0 and result.stdout == "", result.stdout
+    assert "missing tokenizer.json, tokenizer_config.json" in result.stderr, result.stderr[-3000:]
+
+    model.tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    assert same_prediction(model.predict(text), tiny_model.predict(text))
 
 
 # ---------------------------------------------------------------------------------------------------- 4. saving

@@ -63,7 +63,9 @@ def test_pipeline_in_fresh_process_without_the_package(saved):
 import json
 from transformers import pipeline
 classifier = pipeline(model={str(path)!r}, trust_remote_code=True)
-print(json.dumps({{"many": classifier({expected['texts']!r}, return_all_scores=True), "one": classifier("Why is the sky blue?")}}))
+texts = {expected['texts']!r}
+print(json.dumps({{"many": classifier(texts, return_all_scores=True), "one": classifier("Why is the sky blue?"),
+                  "batched": classifier(texts, return_all_scores=True, batch_size=2)}}))
 """
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -76,6 +78,12 @@ print(json.dumps({{"many": classifier({expected['texts']!r}, return_all_scores=T
             assert piped[task]["score"] == pytest.approx(predicted[task]["score"], abs=1e-5)
             assert sum(piped[task]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(got["one"]) == set(expected["predict"][0])
+    # Batches of texts of different lengths (padded) give what one text at a time gives.
+    assert len(got["batched"]) == len(got["many"])
+    for batched, single in zip(got["batched"], got["many"]):
+        for task, entry in single.items():
+            assert batched[task]["label"] == entry["label"]
+            assert batched[task]["scores"] == pytest.approx(entry["scores"], abs=1e-5)
 
 
 def test_saving_again_from_remote_code_keeps_the_code_files(saved, tmp_path):
@@ -95,6 +103,7 @@ print(sorted(os.listdir({str(tmp_path / 'again')!r})))
             "tokenizer.json", "config.json"} <= names
     config = json.loads((tmp_path / "again" / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_sentence_multitask.SentenceMultiTaskModel"
+    assert (tmp_path / "again" / "README.md").read_text() == (path / "README.md").read_text()  # the card, too
 
 
 def test_too_old_transformers_gets_a_message_naming_the_version(saved):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -128,19 +129,27 @@ def _label_results(logits: Mapping[str, torch.Tensor], tasks: Mapping[str, list[
     return results
 
 
-def token_ids(
-    encode: Callable[[list[str], int], list[list[int]]],
-    texts: list[str],
-    max_length: int,
-    model_max_length: int | None,
-) -> list[list[int]]:
+def max_tokens(max_length: int | None, default: int, *limits: int | None) -> int:
     """
-    Token ids of every text, truncated to `max_length` tokens (at most the tokenizer's `model_max_length`), with one
-    warning for the whole call. `encode(texts, limit)` tokenises with special tokens, truncating to `limit` tokens.
+    The number of tokens texts are truncated to: `max_length`, or the model's `default` when it is None, capped at
+    each of `limits` that is a positive integer (the encoder's `max_position_embeddings`, the tokenizer's
+    `model_max_length`): the encoder has no position embedding past them.
     """
-    max_length = int(max_length)
-    if isinstance(model_max_length, int) and 0 < model_max_length < max_length:
-        max_length = model_max_length
+    cap = min((limit for limit in limits if isinstance(limit, int) and limit > 0), default=None)
+    if max_length is None:
+        max_length = default
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
+        valid = f"from 2 to {cap}" if cap else "at least 2"
+        raise ValueError(f"max_length must be an integer {valid} (a text needs [CLS] and [SEP]), got {max_length!r}; "
+                         f"leave it None for the model's default ({default}).")
+    return int(max_length) if cap is None else min(int(max_length), cap)
+
+
+def token_ids(encode: Callable[[list[str], int], list[list[int]]], texts: list[str], max_length: int) -> list[list[int]]:
+    """
+    Token ids of every text, truncated to `max_length` tokens (see `max_tokens`), with one warning for the whole call.
+    `encode(texts, limit)` tokenises with special tokens, truncating to `limit` tokens.
+    """
     # One token more than allowed tells which texts were cut, without a second full pass.
     ids = encode(texts, max_length + 1)
     cut = [i for i, row in enumerate(ids) if len(row) > max_length]
@@ -247,7 +256,8 @@ class SentenceInferenceMixin:
                 is cut to at most `cpu_batch_tokens` tokens, which is faster and gives the same results).
             normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
             convert_to: `"numpy"` or `"torch"`.
-            max_length: truncate texts to this many tokens (default: `config.max_length`).
+            max_length: truncate texts to this many tokens, at least 2 and at most the encoder's position limit
+                (more is capped to it; default: `config.max_length`).
             show_progress_bar: default on for 256 texts or more.
             precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs; about 2x faster
                 on such CPUs, cosine to fp32 >= 0.9999), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware
@@ -302,6 +312,7 @@ __all__ = [
     "TaskHead",
     "check_texts",
     "length_sorted_batches",
+    "max_tokens",
     "pool",
     "resolve_precision",
     "token_ids",

@@ -32,6 +32,7 @@ from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_te
     attention_kernels,
     check_texts,
     length_sorted_batches,
+    max_tokens,
     pool,
     resolve_precision,
     token_ids,
@@ -113,6 +114,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         self._tokenizer = None
         self._tokenizer_lock = threading.Lock()
         self.training_summary: dict[str, Any] = {}
+        self._saved_card: str | None = None  # README.md loaded with the model: saved again while nothing new is known
         self._autocast_copies = None  # see _autocast_weights
         self.post_init()
         # The encoder builds its attention mask for the attention implementation its own config names; a passed-in
@@ -132,6 +134,14 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         kwargs["use_safetensors"] = True
         want_info = kwargs.pop("output_loading_info", False)
         source = str(pretrained_model_name_or_path)
+        # A Hub id is "name" or "namespace/name": transformers tries anything else as one too, and answers a missing
+        # folder with "Repo id must be in the form ...".
+        looks_local = (isinstance(pretrained_model_name_or_path, os.PathLike) or os.path.isabs(source)
+                       or source.startswith((".", "~")) or source.count("/") > 1 or "\\" in source)
+        if looks_local and not os.path.isdir(source):
+            problem = "is a file, not a model folder" if os.path.exists(source) else "does not exist"
+            raise FileNotFoundError(f"{source} {problem}: pass the folder save_pretrained wrote (config.json and "
+                                    "model.safetensors), or a Hub id such as 'user/model'.")
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except OSError as error:
@@ -164,6 +174,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
                 + ". The tasks or label lists in config.json probably differ from the ones the weights were trained "
                 "with; restore the config.json saved with these weights."
             )
+        model._saved_card = _saved_card(pretrained_model_name_or_path, kwargs)
         return (model, info) if want_info else model
 
     @classmethod
@@ -195,7 +206,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         # The card's base_model: the Hub id, also when the weights came from the offline copy of the default.
         config.base_model = DEFAULT_ENCODER if path == cls.default_encoder else path
         model = cls(config, encoder=encoder)
-        model._tokenizer = AutoTokenizer.from_pretrained(path)
+        model._tokenizer = load_tokenizer(path, encoder_config)
         return model
 
     def add_task(self, task: str, labels: Sequence[str]) -> None:
@@ -219,9 +230,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
                     "This model has no tokenizer: build it with SentenceMultiTaskModel.from_encoder(...) or load it "
                     "with from_pretrained from a directory that holds one, or set model.tokenizer = tokenizer."
                 )
-            # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and
-            # ask again whether to trust this remote code.
-            self._tokenizer = AutoTokenizer.from_pretrained(source, config=self.config.encoder)
+            self._tokenizer = load_tokenizer(source, self.config.encoder)
         return self._tokenizer
 
     @tokenizer.setter
@@ -291,10 +300,15 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
             return tokenizer(batch, truncation=True, max_length=limit, return_attention_mask=False,
                              return_token_type_ids=False, verbose=False)["input_ids"]
 
+        limit = self._max_tokens(max_length, tokenizer)
         # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
         with self._tokenizer_lock:
-            return token_ids(encode, texts, max_length or self.config.max_length,
-                             getattr(tokenizer, "model_max_length", None))
+            return token_ids(encode, texts, limit)
+
+    def _max_tokens(self, max_length: int | None, tokenizer) -> int:
+        """`max_length` checked, None the config's, capped at what the encoder and the tokenizer take."""
+        return max_tokens(max_length, self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None),
+                          getattr(tokenizer, "model_max_length", None))
 
     def _batches(self, texts: list[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
         """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
@@ -346,15 +360,56 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         self._write_card(save_directory)
 
     def _write_card(self, directory: str | os.PathLike) -> None:
+        # The card loaded with the model stays until training gives a new summary: a card rendered without one would
+        # replace its measured metrics with "not fine-tuned yet".
         renderer = type(self).card_renderer
-        if renderer is not None:
-            with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as card:
-                card.write(renderer(self))
+        if self._saved_card is not None and not self.training_summary:
+            text = self._saved_card
+        elif renderer is not None:
+            text = renderer(self)
+        else:
+            return
+        with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as card:
+            card.write(text)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
         # push_to_hub writes the Hub's (or a generic) card over ours just before uploading: put ours back.
         self._write_card(working_dir)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
+
+
+def load_tokenizer(source: str | os.PathLike, encoder_config):
+    """The tokenizer saved at `source` (a folder or Hub id); an error where there is none."""
+    # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and ask again
+    # whether to trust this remote code.
+    tokenizer = AutoTokenizer.from_pretrained(source, config=encoder_config)
+    # Without tokenizer files transformers builds a tokenizer that knows only its special tokens: every word would
+    # become [UNK] and every prediction would be wrong, without an error.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        files = ["tokenizer.json", "tokenizer_config.json"]
+        if os.path.isdir(source):
+            files = [name for name in files if not os.path.isfile(os.path.join(source, name))] or files
+        raise OSError(
+            f"{source} has no tokenizer vocabulary (missing {', '.join(files)}). Save the tokenizer with the model: "
+            f"model.tokenizer.save_pretrained(folder), or AutoTokenizer.from_pretrained(ENCODER).save_pretrained("
+            f"{str(source)!r}) with the encoder it was trained from (`sentence-multitask train` saves it)."
+        )
+    return tokenizer
+
+
+def _saved_card(source: str | os.PathLike, kwargs: Mapping[str, Any]) -> str | None:
+    """README.md of the model folder or Hub repo `source`, if it has one."""
+    from transformers.utils import cached_file
+
+    options = {key: kwargs[key] for key in ("cache_dir", "force_download", "proxies", "token", "revision",
+                                            "local_files_only", "subfolder") if key in kwargs}
+    path = cached_file(source, "README.md", _raise_exceptions_for_gated_repo=False,
+                       _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False,
+                       **options)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as card:
+        return card.read()
 
 
 def _encoder_kwargs(encoder_config) -> dict[str, Any]:
@@ -382,7 +437,7 @@ def _pipeline_class():
         _load_feature_extractor = False
 
         def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
-            preprocess = {"max_length": max_length} if max_length is not None else {}
+            preprocess = {"max_length": self.model._max_tokens(max_length, self.tokenizer)} if max_length is not None else {}
             postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
             return preprocess, {}, postprocess
 
@@ -400,7 +455,7 @@ def _pipeline_class():
             return result
 
         def preprocess(self, text, max_length=None):
-            max_length = max_length or self.model.config.max_length
+            max_length = max_length or self.model._max_tokens(None, self.tokenizer)
             encoded = self.tokenizer(text, truncation=True, max_length=max_length + 1, return_tensors="pt")
             if encoded["input_ids"].shape[-1] > max_length:
                 self._truncated = getattr(self, "_truncated", 0) + 1
@@ -408,10 +463,13 @@ def _pipeline_class():
             return encoded
 
         def _forward(self, model_inputs):
-            return {"logits": self.model(**model_inputs).logits}
+            # One tensor per task: the pipeline splits a batch's outputs into single texts only where they are tensors.
+            return {f"logits_{task}": logits for task, logits in self.model(**model_inputs).logits.items()}
 
         def postprocess(self, model_outputs, return_all_scores=False):
-            return _label_results(model_outputs["logits"], self.model.config.tasks, return_all_scores)[0]
+            tasks = self.model.config.tasks
+            logits = {task: model_outputs[f"logits_{task}"] for task in tasks}
+            return _label_results(logits, tasks, return_all_scores)[0]
 
     SentenceMultiTaskPipeline.__module__ = __name__
     return SentenceMultiTaskPipeline

@@ -24,7 +24,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
 from .inference_sentence_multitask import SentenceInferenceMixin, check_texts, length_sorted_batches
-from .modeling_sentence_multitask import SentenceMultiTaskModel
+from .modeling_sentence_multitask import SentenceMultiTaskModel, load_tokenizer
 
 ONNX_FOLDER = "onnx"
 FP32_FILE = "model.onnx"
@@ -92,6 +92,10 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
             raise ValueError(f"{len(calibration_texts)} calibration texts are too few to find each channel's range; "
                              f"pass at least {MIN_CALIBRATION_TEXTS} (a few hundred of the training texts, say).")
     output_dir = Path(output_dir)
+    source = model.config.name_or_path
+    if (output_dir / "config.json").is_file() and not (os.path.isdir(source) and output_dir.samefile(source)):
+        raise FileExistsError(f"{output_dir} already holds another saved model, which the export would overwrite: "
+                              "export into a new folder, or into the folder the model was loaded from.")
     model.save_pretrained(output_dir)
     folder = output_dir / ONNX_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -365,8 +369,6 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
     def from_pretrained(cls, path: str | os.PathLike, quantized: bool = False, threads: int | None = None,
                         recheck_margin: float = 0.0):
         ort = _require("onnxruntime")
-        from transformers import AutoTokenizer
-
         path = Path(path)
         recheck_margin = float(recheck_margin)
         if not 0 <= recheck_margin <= 1:
@@ -390,7 +392,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
             options.intra_op_num_threads = threads
         sessions = [ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"],
                                          disabled_optimizers=list(SLOW_FUSIONS)) for file in files]
-        return cls(sessions[0], config, AutoTokenizer.from_pretrained(path, config=config.encoder),
+        return cls(sessions[0], config, load_tokenizer(path, config.encoder),
                    fp32_session=sessions[1] if len(sessions) > 1 else None, recheck_margin=recheck_margin)
 
     @property
@@ -431,4 +433,6 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
                                      token_cap=self.cpu_batch_tokens, show_progress_bar=show_progress_bar,
                                      progress_bar=tqdm)
 
-    _tokenize = SentenceMultiTaskModel._tokenize  # the same tokenisation and truncation as the PyTorch model
+    # The same tokenisation and truncation as the PyTorch model.
+    _tokenize = SentenceMultiTaskModel._tokenize
+    _max_tokens = SentenceMultiTaskModel._max_tokens

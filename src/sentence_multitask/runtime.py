@@ -39,6 +39,7 @@ from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     TaskHead,
     length_sorted_batches,
+    max_tokens,
     token_ids,
 )
 
@@ -94,6 +95,7 @@ class RuntimeConfig:
     hidden_size: int
     head_size: int
     head_dropout: float
+    max_position_embeddings: int
 
     @property
     def num_labels_per_task(self) -> dict[str, int]:
@@ -275,10 +277,11 @@ class SentenceMultiTaskRuntime(SentenceInferenceMixin, nn.Module):
 
     def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
         """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
+        limit = max_tokens(max_length, self.config.max_length, self.config.max_position_embeddings,
+                           self.tokenizer.model_max_length)
         # The backend's truncation setting is shared state: one call at a time.
         with self._tokenizer_lock:
-            return token_ids(self.tokenizer.encode, texts, max_length or self.config.max_length,
-                             self.tokenizer.model_max_length)
+            return token_ids(self.tokenizer.encode, texts, limit)
 
     def _batches(self, texts: list[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
         """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
@@ -365,7 +368,7 @@ def _read_config(data: dict[str, Any]) -> tuple[RuntimeConfig, BertShape]:
     config = RuntimeConfig(tasks={task: list(labels) for task, labels in tasks.items()}, pooling=data["pooling"],
                            max_length=max_length, hidden_size=hidden,
                            head_size=head_hidden_size or max(1, hidden // 2),  # as SentenceMultiTaskConfig.head_size
-                           head_dropout=float(dropout))
+                           head_dropout=float(dropout), max_position_embeddings=shape.max_position_embeddings)
     return config, shape
 
 
