@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def build_paths(model_dir: str | None, onnx_dir: Path):
     training = [row["text"] for name in TRAIN_FILES.values() for row in read(DATA / name)]
     calibration = [training[i] for i in np.random.default_rng(0).choice(len(training), 512, replace=False)]
     plain_dir = onnx_dir.with_name(onnx_dir.name + "-plain")
+    for folder in (onnx_dir, plain_dir):  # the benchmark's own scratch folders: export_onnx never overwrites a model
+        shutil.rmtree(folder, ignore_errors=True)
     export_onnx(model, onnx_dir, quantize=True, calibration_texts=calibration)
     export_onnx(model, plain_dir, quantize=True)
     onnx_models = {  # name in the agreement table -> model
