@@ -434,6 +434,17 @@ def test_export_never_overwrites_another_saved_model(tiny_exported, tiny_encoder
         export_onnx(SentenceMultiTaskModel.from_pretrained(tiny_exported[0]), other)
     assert files() == before  # nothing changed, nothing added
 
+    # An earlier export of the same model is not another model: exporting again (now with int8) refreshes it.
+    model = SentenceMultiTaskModel.from_pretrained(tiny_exported[0])
+    again = tmp_path / "again"
+    export_onnx(model, again)
+    export_onnx(model, again, quantize=True)
+    assert (again / "onnx" / "model_quantized.onnx").is_file()
+    with torch.no_grad():
+        model.heads["topic"].dense.weight.add_(1.0)  # trained further: now another model
+    with pytest.raises(FileExistsError, match="already holds another saved model"):
+        export_onnx(model, again)
+
 
 def test_onnx_checks_and_caps_max_length_as_the_model_does(tiny_exported):
     from sentence_multitask import SentenceMultiTaskModel

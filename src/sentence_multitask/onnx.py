@@ -50,6 +50,27 @@ def label_margin(probabilities) -> torch.Tensor:
     return torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in probabilities]).min(0).values
 
 
+def _holds_another_model(folder: Path, model: SentenceMultiTaskModel) -> bool:
+    """Whether `folder` holds a saved model other than `model`: not its own folder, nor an earlier export of it (the
+    same tasks and bit-identical weights)."""
+    if not (folder / "config.json").is_file():
+        return False
+    source = model.config.name_or_path
+    if os.path.isdir(source) and folder.samefile(source):
+        return False
+    weights = folder / "model.safetensors"
+    try:
+        saved_tasks = SentenceMultiTaskConfig.from_pretrained(folder).tasks
+    except (OSError, ValueError):
+        return True
+    if saved_tasks != model.config.tasks or not weights.is_file():
+        return True
+    from safetensors.torch import load_file
+
+    saved, own = load_file(weights), model.state_dict()
+    return saved.keys() != own.keys() or any(not torch.equal(saved[name], own[name].cpu()) for name in saved)
+
+
 def _require(module: str):
     try:
         return __import__(module)
@@ -92,10 +113,10 @@ def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, qu
             raise ValueError(f"{len(calibration_texts)} calibration texts are too few to find each channel's range; "
                              f"pass at least {MIN_CALIBRATION_TEXTS} (a few hundred of the training texts, say).")
     output_dir = Path(output_dir)
-    source = model.config.name_or_path
-    if (output_dir / "config.json").is_file() and not (os.path.isdir(source) and output_dir.samefile(source)):
+    if _holds_another_model(output_dir, model):
         raise FileExistsError(f"{output_dir} already holds another saved model, which the export would overwrite: "
-                              "export into a new folder, or into the folder the model was loaded from.")
+                              "export into a new folder, into the folder the model was loaded from, or into one that "
+                              "holds an earlier export of this model.")
     model.save_pretrained(output_dir)
     folder = output_dir / ONNX_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
