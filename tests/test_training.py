@@ -497,6 +497,12 @@ def test_continued_training_defaults_to_the_saved_tasks_and_applies_task_weights
     with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['cooking'\]"):
         training.main(tiny_args(tiny_encoder, tmp_path / "bad", "--model_name_or_path", str(saved), "--train_files",
                                 str(data_dir / "both.jsonl"), "--task_weights", "cooking=2", "--max_steps", "1"))
+    # A saved model without its tokenizer files: named before any data is read, not trained on [UNK]s.
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (saved / name).unlink()
+    with pytest.raises(OSError, match=r"has no tokenizer vocabulary \(missing tokenizer\.json, tokenizer_config"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "untokenized", "--model_name_or_path", str(saved),
+                                "--train_files", str(data_dir / "both.jsonl"), "--max_steps", "1"))
 
 
 # ---------------------------------------------------------------------------------------------------- 7. two processes

@@ -741,13 +741,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     weights = {task: float(value) for task, value in parse_key_values(args.task_weights, "--task_weights").items()}
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
-    from transformers import AutoTokenizer
+    from .modeling_sentence_multitask import load_tokenizer
 
     source = model_args.model_name_or_path or model_args.encoder or SentenceMultiTaskModel.default_encoder
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    given = None
-    if model_args.model_name_or_path:
-        given = SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path).tasks
+    saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path)
+             if model_args.model_name_or_path else None)
+    tokenizer = load_tokenizer(source, saved.encoder if saved else None)
+    given = saved.tasks if saved else None
     data = prepare_data(data_args, tokenizer, given)
     logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
 
