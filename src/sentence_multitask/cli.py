@@ -63,13 +63,13 @@ def load_model(path: str | None, args, runtime: bool = False):
     on CPU is served by it: same results, and no seconds spent importing transformers' modeling stack; any other
     model loads as before.
     """
-    if path is not None and not os.path.isdir(path):
-        if os.path.exists(path):
-            raise SystemExit(f"error: {path} is a file; --model takes a model directory or a Hub id.")
-        # A Hub id is NAME or OWNER/NAME: anything else that names no directory is a mistyped local path.
-        if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or os.path.isdir(os.path.dirname(path)):
-            raise SystemExit(f"error: {path}: no such directory; --model takes a directory saved by `sentence-multitask "
-                             "train` (or save_pretrained) or a Hub repo id.")
+    from .inference_sentence_multitask import not_a_model_folder
+
+    problem = path and not_a_model_folder(path)
+    if problem:
+        problem = "a file, not a directory" if problem == "is a file" else "no such directory"
+        raise SystemExit(f"error: {path}: {problem}; --model takes a directory saved by `sentence-multitask train` (or "
+                         "save_pretrained) or a Hub repo id.")
     recheck_margin = getattr(args, "recheck_margin", None) or 0.0
     if recheck_margin and getattr(args, "backend", "torch") != "onnx-int8":
         raise SystemExit("error: --recheck_margin applies to --backend onnx-int8 only.")

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import numbers
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -89,6 +90,20 @@ def attention_kernels(device: torch.device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def not_a_model_folder(source) -> str | None:
+    """Why `source` cannot be loaded, when it names a local path that is no folder ("does not exist" or "is a file"),
+    else None. A Hub id is "name" or "namespace/name"; transformers tries anything else as one too, and answers a
+    missing folder with "Repo id must be in the form ..."."""
+    path = str(source)
+    if os.path.isdir(path):
+        return None
+    if os.path.exists(path):
+        return "is a file"
+    looks_local = (isinstance(source, os.PathLike) or os.path.isabs(path) or path.startswith((".", "~"))
+                   or path.count("/") > 1 or "\\" in path or os.path.isdir(os.path.dirname(path)))
+    return "does not exist" if looks_local else None
 
 
 def check_texts(texts) -> list[str]:
@@ -313,6 +328,7 @@ __all__ = [
     "check_texts",
     "length_sorted_batches",
     "max_tokens",
+    "not_a_model_folder",
     "pool",
     "resolve_precision",
     "token_ids",

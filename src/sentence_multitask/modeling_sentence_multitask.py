@@ -33,6 +33,7 @@ from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_te
     check_texts,
     length_sorted_batches,
     max_tokens,
+    not_a_model_folder,
     pool,
     resolve_precision,
     token_ids,
@@ -134,12 +135,8 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         kwargs["use_safetensors"] = True
         want_info = kwargs.pop("output_loading_info", False)
         source = str(pretrained_model_name_or_path)
-        # A Hub id is "name" or "namespace/name": transformers tries anything else as one too, and answers a missing
-        # folder with "Repo id must be in the form ...".
-        looks_local = (isinstance(pretrained_model_name_or_path, os.PathLike) or os.path.isabs(source)
-                       or source.startswith((".", "~")) or source.count("/") > 1 or "\\" in source)
-        if looks_local and not os.path.isdir(source):
-            problem = "is a file, not a model folder" if os.path.exists(source) else "does not exist"
+        problem = not_a_model_folder(pretrained_model_name_or_path)
+        if problem:
             raise FileNotFoundError(f"{source} {problem}: pass the folder save_pretrained wrote (config.json and "
                                     "model.safetensors), or a Hub id such as 'user/model'.")
         try:
@@ -437,7 +434,7 @@ def _pipeline_class():
         _load_feature_extractor = False
 
         def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
-            preprocess = {"max_length": self.model._max_tokens(max_length, self.tokenizer)} if max_length is not None else {}
+            preprocess = {"max_length": max_length} if max_length is not None else {}
             postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
             return preprocess, {}, postprocess
 
@@ -455,7 +452,7 @@ def _pipeline_class():
             return result
 
         def preprocess(self, text, max_length=None):
-            max_length = max_length or self.model._max_tokens(None, self.tokenizer)
+            max_length = self.model._max_tokens(max_length, self.tokenizer)
             encoded = self.tokenizer(text, truncation=True, max_length=max_length + 1, return_tensors="pt")
             if encoded["input_ids"].shape[-1] > max_length:
                 self._truncated = getattr(self, "_truncated", 0) + 1
