@@ -88,6 +88,14 @@ def test_user_errors_are_one_line_not_a_traceback(saved, tmp_path):
     user_error(cli("predict", "--model", str(saved), "--backend", "onnx", "--precision", "bf16", "hi"),
                "drop --precision or use --backend torch")
     user_error(cli("embed", "--backend", "onnx-int8", "hi"), "add --model")
+    user_error(cli("predict", "--model", str(saved), "--device", "gpu", "hi"), "--device gpu: Expected one of cpu, cuda")
+    user_error(cli("predict", "--model", str(saved), "--backend", "onnx", "--device", "cuda", "hi"),
+               "an ONNX model runs on CPU")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error of a torch without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(saved):
+    user_error(cli("embed", "--model", str(saved), "--device", "cuda", "hi"), "--device cuda: ")
 
 
 def test_embed_without_model_honours_device_and_threads(monkeypatch, capsys):

@@ -76,6 +76,9 @@ def load_model(path: str | None, args, runtime: bool = False):
     if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
         if path is None:
             raise SystemExit("error: --backend onnx runs a saved model's ONNX graph (see export-onnx): add --model DIR.")
+        if args.device not in (None, "cpu"):
+            raise SystemExit(f"error: --device {args.device}: an ONNX model runs on CPU (onnxruntime's CPU provider); "
+                             "drop --device or use --backend torch.")
         if getattr(args, "precision", None) in ("bf16", "fp16"):
             raise SystemExit(f"error: --precision {args.precision}: an ONNX model runs at the precision it was exported "
                              "with; drop --precision or use --backend torch.")
@@ -87,7 +90,7 @@ def load_model(path: str | None, args, runtime: bool = False):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = getattr(args, "precision", None) or "fp32"
     if runtime and device == "cpu" and path is not None:
         from .runtime import SentenceMultiTaskRuntime, UnsupportedModelError
@@ -110,6 +113,18 @@ def load_model(path: str | None, args, runtime: bool = False):
         model = SentenceMultiTaskModel.from_pretrained(path)
     model.inference_precision = precision
     return model.to(device)
+
+
+def check_device(name: str) -> str:
+    """`name` when torch can put a tensor there; else an error with torch's reason."""
+    import torch
+
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError, ValueError) as error:  # unknown name / no such device / torch built without it
+        raise SystemExit(f"error: --device {name}: {str(error).splitlines()[0]} (use cpu, cuda or cuda:N where this "
+                         "torch has them).") from None
+    return name
 
 
 def write_jsonl(rows) -> None:
