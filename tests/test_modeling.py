@@ -274,3 +274,16 @@ def test_a_local_path_that_does_not_exist_is_named_as_such(path, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist: pass the folder save_pretrained wrote") as error:
         SentenceMultiTaskModel.from_pretrained(path)
     assert str(path) in str(error.value) and "Repo id" not in str(error.value)
+
+
+def test_deepcopy_pickle_and_torch_save_give_a_working_model(tiny_encoder, tmp_path):
+    import copy
+    import pickle
+
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
+    expected = model.encode(SENTENCES)
+    torch.save(model, tmp_path / "model.pt")
+    copies = (copy.deepcopy(model), pickle.loads(pickle.dumps(model)), torch.load(tmp_path / "model.pt", weights_only=False))
+    for other in copies:
+        assert other._tokenizer_lock is not model._tokenizer_lock  # a lock of its own: threads never share a tokenizer
+        np.testing.assert_allclose(other.encode(SENTENCES), expected, atol=1e-6)

@@ -14,6 +14,7 @@ import functools
 import logging
 import numbers
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -230,6 +231,16 @@ class SentenceInferenceMixin:
     inference_precision: str = "fp32"
     # Most tokens (rows x padded width) in one CPU batch; results do not depend on it, speed does.
     cpu_batch_tokens: int = CPU_BATCH_TOKENS
+
+    # The lock that keeps threads from sharing the fast tokenizer cannot be copied or pickled: copy.deepcopy(model),
+    # pickle and torch.save(model) give the copy a lock of its own.
+    def __getstate__(self):
+        return {key: value for key, value in self.__dict__.items() if key != "_tokenizer_lock"}
+
+    def __setstate__(self, state):
+        parent = getattr(super(), "__setstate__", None)
+        parent(state) if parent is not None else self.__dict__.update(state)
+        self._tokenizer_lock = threading.Lock()
 
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         texts = check_texts(texts)
