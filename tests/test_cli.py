@@ -19,7 +19,7 @@ def cli(*args, stdin=None):
 
 def rows(result):
     assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in result.stdout.split("\n") if line.strip()]  # JSON may hold U+2028 raw
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +114,25 @@ def test_embed_without_model_honours_device_and_threads(monkeypatch, capsys):
         torch.set_num_threads(threads)
     assert ("cpu",) in devices
     assert len(json.loads(capsys.readouterr().out)["embedding"]) == 384
+
+
+def test_lines_split_only_at_newlines_and_output_reads_back(saved, tmp_path):
+    # U+2028, U+0085, form feed, vertical tab and U+001E are characters of a text, not line ends.
+    texts = ["line one\u2028still line one", "two\x85and\x0cthree\x0bfour\x1e", "last"]
+    path = tmp_path / "texts.txt"
+    path.write_text("\r\n".join(texts) + "\r\n", encoding="utf-8")
+    output = rows(cli("predict", "--model", str(saved), "--file", str(path)))
+    assert [row["text"] for row in output] == texts
+    written = tmp_path / "predictions.jsonl"  # what predict wrote is valid input again (ensure_ascii=False keeps U+2028)
+    written.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in output) + "\n", encoding="utf-8")
+    assert [row["text"] for row in rows(cli("embed", "--model", str(saved), "--file", str(written)))] == texts
+    assert [row["text"] for row in rows(cli("predict", "--model", str(saved), stdin="\n".join(texts)))] == texts
+
+
+def test_train_user_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "a", "label": "sports"}) + "\n{not json\n")
+    user_error(cli("train", "--train_files", f"topic={bad}", "--output_dir", str(tmp_path / "out")),
+               f"{bad}, line 2: malformed JSON")
+    result = cli("embed", "--threads", "-1", "hi")
+    assert result.returncode == 2 and "--threads: '-1' is not a positive integer" in result.stderr, result.stderr

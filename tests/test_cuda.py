@@ -1,6 +1,6 @@
-"""On a CUDA device: fine-tuning there (bf16 mixed precision), the pipeline there, and fp32 / bf16 / fp16 `encode` and
-`predict` there against fp32 on CPU, on every validation text of the shared data, within issue 5's bounds. CI has no
-GPU, so these skip there; on a GPU machine run `pytest tests/test_cuda.py`."""
+"""On a CUDA device: fine-tuning there (bf16 mixed precision), the pipeline there, exporting ONNX from there, and
+fp32 / bf16 / fp16 `encode` and `predict` there against fp32 on CPU, on every validation text of the shared data, within
+issue 5's bounds. CI has no GPU, so these skip there; on a GPU machine run `pytest tests/test_cuda.py`."""
 
 import copy
 import json
@@ -86,3 +86,15 @@ def test_pipeline_on_the_gpu_matches_cpu(gpu_trained, cpu_fp32):
     for task, labels in tasks.items():
         expected = [labels[i] for i in proba[task][:64].argmax(-1).tolist()]
         assert [result[task]["label"] for result in results] == expected
+
+
+def test_onnx_export_of_a_model_on_the_gpu_leaves_it_there(gpu_trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sentence_multitask.onnx import OnnxSentenceMultiTask, export_onnx
+
+    model = copy.deepcopy(gpu_trained[1]).to("cuda")
+    export_onnx(model, tmp_path / "onnx-model")
+    assert model.device.type == "cuda" and not model.training
+    texts = ["The striker scored twice in the final.", "My rent went up again and I am furious."]
+    onnx = OnnxSentenceMultiTask.from_pretrained(tmp_path / "onnx-model")
+    assert [row["topic"]["label"] for row in onnx.predict(texts)] == [row["topic"]["label"] for row in model.predict(texts)]

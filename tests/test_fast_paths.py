@@ -414,6 +414,17 @@ def tiny_exported(tmp_path_factory, tiny_encoder):
     return path, card
 
 
+def test_export_leaves_the_model_in_its_mode(tiny_encoder, tmp_path):
+    """The export runs in eval mode on CPU; the caller's model keeps its mode (and device: tests/test_cuda.py)."""
+    from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel
+    from sentence_multitask.onnx import export_onnx
+
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS)
+    for training in (False, True):  # torch.onnx.export alone would leave it in train mode: a forward with dropout
+        export_onnx(model.train(training), tmp_path / f"export-{training}")
+        assert {module.training for module in model.modules()} == {training}
+
+
 def test_exporting_into_the_models_own_folder_keeps_its_card(tiny_exported):
     path, card = tiny_exported
     assert (path / "onnx" / "model.onnx").is_file()

@@ -287,3 +287,23 @@ def test_deepcopy_pickle_and_torch_save_give_a_working_model(tiny_encoder, tmp_p
     for other in copies:
         assert other._tokenizer_lock is not model._tokenizer_lock  # a lock of its own: threads never share a tokenizer
         np.testing.assert_allclose(other.encode(SENTENCES), expected, atol=1e-6)
+
+
+def test_add_task_leaves_the_other_outputs_unchanged(minilm_path):
+    model = SentenceMultiTaskModel.from_encoder(minilm_path, tasks=REFERENCE_TASKS).eval()
+    texts = varied_texts(24)  # padded batches: attending to padding would change the results
+    embeddings, proba = model.encode(texts), model.predict_proba(texts)
+    model.add_task("language", ["en", "fr"])
+    assert model.encoder.config._attn_implementation == "sdpa"
+    np.testing.assert_allclose(model.encode(texts), embeddings, atol=1e-6)
+    after = model.predict_proba(texts)
+    assert list(after) == [*REFERENCE_TASKS, "language"]
+    for task in REFERENCE_TASKS:
+        torch.testing.assert_close(after[task], proba[task])
+    assert not model.heads["language"].training  # in eval mode like the model: no dropout in predict
+    torch.testing.assert_close(model.predict_proba(texts)["language"], after["language"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already exists"):
+        model.add_task("topic", ["a", "b"])
+    with pytest.raises(ValueError, match="at least two labels"):
+        model.add_task("single", ["a"])
+    assert list(model.config.tasks) == [*REFERENCE_TASKS, "language"]

@@ -208,6 +208,17 @@ def test_empty_list_gives_empty_results_of_the_right_shape(tiny_model, tiny_pipe
     assert tiny_pipeline([]) == []  # the pipeline too: an empty batch is an empty result, not an IndexError
 
 
+def test_the_pipeline_refuses_options_it_does_not_know(tiny_saved, tiny_pipeline):
+    from transformers import pipeline
+
+    for typo in ({"top_k": 2}, {"return_all_score": True}):
+        with pytest.raises(TypeError, match=f"Unknown option.*{next(iter(typo))}"):
+            tiny_pipeline("hello", **typo)
+    with pytest.raises(TypeError, match="Unknown option.*function_to_apply"):
+        pipeline(model=str(tiny_saved), trust_remote_code=True, function_to_apply="sigmoid")
+    assert tiny_pipeline(["a", "b"], batch_size=2, return_all_scores=True)[0]["topic"]["scores"]
+
+
 def test_empty_and_whitespace_texts_get_the_result_of_the_empty_text(tiny_model, tiny_pipeline):
     reference_embedding = tiny_model.encode("")
     reference_prediction = tiny_model.predict("", return_all_scores=True)

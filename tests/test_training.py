@@ -313,6 +313,26 @@ def test_trainer_uses_the_sampler_shares(tmp_path, data_dir, tiny_encoder, tiny_
     assert topic_rows == sentiment_rows == 28
 
 
+@pytest.mark.parametrize("group_by_length", [False, True], ids=["plain", "length-grouped"])
+@pytest.mark.parametrize("mode", ["proportional", "temperature", "round_robin"])
+def test_a_source_without_rows_gets_no_share(mode, group_by_length):
+    """A sequential phase keeps only the rows of its tasks: sources 0 and 2 may have no row left (source ids stay)."""
+    np.testing.assert_allclose(source_shares([0, 30, 0, 10], mode)[[0, 2]], 0.0)
+    sources = np.repeat([1, 3], [30, 10])
+    lengths = np.random.default_rng(0).integers(5, 129, size=len(sources))
+    sampler = MultiTaskSampler(sources, lengths if group_by_length else None, batch_size=8, mode=mode, seed=7,
+                               group_by_length=group_by_length)
+    counts = np.zeros(4)
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        order = np.array(list(sampler))
+        assert len(order) == len(sources) and order.min() >= 0 and order.max() < len(sources)
+        counts += np.bincount(sources[order], minlength=4)
+    assert counts[0] == counts[2] == 0
+    if mode == "round_robin":
+        assert counts[1] == counts[3]  # equal shares among the sources that have rows
+
+
 # ---------------------------------------------------------------------------------------------------- 4. sequential
 
 
@@ -339,6 +359,46 @@ def test_sequential_training_freezes_encoder_and_primary_heads(tmp_path, data_di
     assert bit_identical(subset(end_of_phase1, "heads.topic."), subset(final, "heads.topic.")) == []
     changed = bit_identical(subset(end_of_phase1, "heads.sentiment."), subset(final, "heads.sentiment."))
     assert len(changed) == len(subset(final, "heads.sentiment."))
+
+
+@pytest.mark.parametrize(
+    "mode, primary",
+    [("round_robin", "topic"), ("round_robin", "sentiment"), ("temperature", "sentiment"), ("proportional", "topic")],
+)
+def test_sequential_training_with_task_only_files_in_every_sampling_mode(mode, primary, tmp_path, data_dir,
+                                                                         tiny_encoder):
+    """Each phase trains on one of the two files only: the other source has no row there and must get no share."""
+    out = tmp_path / "sequential"
+    training.main(tiny_args(
+        tiny_encoder, out, "--train_files", f"topic={data_dir / 'topic.jsonl'}",
+        f"sentiment={data_dir / 'sentiment.jsonl'}", "--labels", "topic=health,sports,tech",
+        "sentiment=negative,positive", "--training_mode", "sequential", "--primary_tasks", primary,
+        "--task_sampling", mode, "--max_steps", "2",
+    ))
+    assert json.loads((out / "config.json").read_text())["tasks"].keys() == {"topic", "sentiment"}
+
+
+def test_sequential_training_writes_its_results_to_output_dir_like_joint_training(tmp_path, data_dir, tiny_encoder):
+    common = ["--train_files", str(data_dir / "both.jsonl"), "--validation_files", str(data_dir / "both_val.jsonl"),
+              "--tasks", "topic", "sentiment", "--max_steps", "2"]
+    joint, sequential = tmp_path / "joint", tmp_path / "sequential"
+    training.main(tiny_args(tiny_encoder, joint, *common))
+    metrics = training.main(tiny_args(tiny_encoder, sequential, *common, "--training_mode", "sequential",
+                                      "--primary_tasks", "topic"))
+    for out in (joint, sequential):
+        files = sorted(name for name in os.listdir(out) if name.endswith("_results.json"))
+        assert files == ["all_results.json", "eval_results.json", "train_results.json"], (out.name, files)
+        evaluated = json.loads((out / "eval_results.json").read_text())
+        assert {"eval_topic_accuracy", "eval_sentiment_accuracy"} <= evaluated.keys()
+        combined = json.loads((out / "all_results.json").read_text())
+        assert {"train_runtime", "eval_topic_accuracy", "eval_sentiment_accuracy"} <= combined.keys()
+    assert json.loads((sequential / "eval_results.json").read_text()) == metrics
+    # Each phase keeps its own training metrics; the final evaluation is not duplicated into a phase folder.
+    for phase in ("phase1", "phase2"):
+        assert sorted(name for name in os.listdir(sequential / phase) if name.endswith("_results.json")) == [
+            "train_results.json"]
+    final = json.loads((sequential / "train_results.json").read_text())
+    assert final == json.loads((sequential / "phase2" / "train_results.json").read_text())
 
 
 # ---------------------------------------------------------------------------------------------------- 5. bad data
@@ -425,6 +485,102 @@ def test_validation_files_without_train_files_is_an_error(tmp_path, data_dir, ti
         prepare_data(DataArguments(validation_files=[str(data_dir / "both_val.jsonl")]), tiny_tokenizer)
 
 
+def test_csv_label_ids_with_blank_cells_train_and_evaluate(tmp_path, tiny_encoder, tiny_tokenizer):
+    """A CSV id column with a blank cell is read as floats (0.0, 1.0, None): whole numbers are ids, blanks no label."""
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.evaluation import evaluate_model
+
+    path = tmp_path / "ids.csv"
+    path.write_text("text,topic,sentiment\nthe team won the match,0,1\nthe doctor changed my medicine,1,\n"
+                    "the laptop update broke wifi,2,0\nthe clinic opened a new ward,,0\n", encoding="utf-8")
+    labels = ["--labels", "topic=sports,health,tech", "sentiment=negative,positive"]
+    data = prepare_data(DataArguments(train_files=[str(path)], labels=labels[1:]), tiny_tokenizer)
+    assert data.train[LABEL_PREFIX + "topic"] == [0, 1, 2, IGNORE]
+    assert data.train[LABEL_PREFIX + "sentiment"] == [1, IGNORE, 0, 0]
+    out = tmp_path / "out"
+    training.main(tiny_args(tiny_encoder, out, "--train_files", str(path), *labels, "--max_steps", "1"))
+    assert json.loads((out / "config.json").read_text())["tasks"]["topic"] == ["sports", "health", "tech"]
+
+    model = SentenceMultiTaskModel.from_pretrained(out)
+    report = evaluate_model(model, [str(path)])
+    assert report["tasks"]["topic"]["support"] == 3 and report["tasks"]["sentiment"]["support"] == 3
+
+    # A fractional id is still an error, named by line, in training and in evaluation.
+    path.write_text("text,topic\nthe team won the match,0\nthe doctor changed my medicine,0.5\n", encoding="utf-8")
+    message = r"ids\.csv \((train|evaluation)\), line 3: .*0\.5.*for task 'topic'.*whole number"
+    with pytest.raises(DataError, match=message):
+        prepare_data(DataArguments(train_files=[str(path)], labels=["topic=sports,health,tech"]), tiny_tokenizer)
+    with pytest.raises(DataError, match=message):
+        evaluate_model(model, [str(path)])
+
+
+@pytest.mark.parametrize("max_length", ["0", "1"])
+def test_max_length_below_two_fails_before_any_work(max_length, tmp_path, data_dir, tiny_encoder, monkeypatch):
+    """Such a model could not be loaded again; with --overwrite_model it would have replaced a good one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"the": "good model"}', encoding="utf-8")
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("data or model loaded before --max_length was checked")
+
+    monkeypatch.setattr(training, "prepare_data", not_reached)
+    monkeypatch.setattr(training, "build_model", not_reached)
+    message = rf"--max_length must be a whole number of at least 2 tokens .*got {max_length}\."
+    with pytest.raises(ValueError, match=message):
+        training.main(tiny_args(tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--max_length",
+                                max_length, "--overwrite_model"))
+    assert (out / "config.json").read_text(encoding="utf-8") == '{"the": "good model"}'
+
+
+@pytest.mark.parametrize("limit", ["encoder", "tokenizer"])
+def test_max_length_above_the_encoder_limit_is_capped_before_tokenising(limit, tmp_path, tiny_encoder, monkeypatch,
+                                                                       caplog):
+    """An encoder with 64 positions (or a tokenizer with model_max_length 48) and --max_length 1024: long texts are
+    truncated to the limit, and the saved model says so, instead of a tensor size error in the first step."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    positions, cap = (64, 64) if limit == "encoder" else (512, 48)
+    encoder = tmp_path / "encoder"
+    config = BertConfig.from_pretrained(tiny_encoder, max_position_embeddings=positions)
+    BertModel(config, add_pooling_layer=False).save_pretrained(encoder)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder, model_max_length=cap if limit == "tokenizer" else 512)
+    tokenizer.save_pretrained(encoder)
+    rows = [{"text": "the team won the match " * 30, "topic": "sports"},
+            {"text": "the doctor changed my medicine " * 30, "topic": "health"}]
+    train_file = write_jsonl(tmp_path / "long.jsonl", rows)
+
+    prepared = []
+    original = training.prepare_data
+
+    def recording(data_args, *args, **kwargs):
+        prepared.append(data_args.max_length)
+        return original(data_args, *args, **kwargs)
+
+    monkeypatch.setattr(training, "prepare_data", recording)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="sentence_multitask.training"):
+        training.main(tiny_args(str(encoder), out, "--train_files", train_file, "--tasks", "topic", "--max_length",
+                                "1024", "--max_steps", "1"))
+    assert prepared == [cap]
+    warnings = [record.getMessage() for record in caplog.records if "--max_length" in record.getMessage()]
+    assert len(warnings) == 1 and "--max_length 1024" in warnings[0] and f"truncated to {cap} tokens" in warnings[0]
+    assert ("max_position_embeddings" in warnings[0]) == (limit == "encoder"), warnings
+    assert json.loads((out / "config.json").read_text())["max_length"] == cap
+    assert f"| max length | {cap} |" in (out / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("weight", ["abc", "", "-1", "nan"])
+def test_bad_task_weight_names_the_option_and_the_value(weight, tmp_path, data_dir, tiny_encoder, monkeypatch):
+    def not_reached(*args, **kwargs):
+        raise AssertionError("data loaded before --task_weights was checked")
+
+    monkeypatch.setattr(training, "prepare_data", not_reached)
+    with pytest.raises(ValueError, match=rf"--task_weights .*'topic={weight}'"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "out", "--train_files", str(data_dir / "both.jsonl"),
+                                "--task_weights", f"topic={weight}"))
+
+
 def test_unknown_task_prefix_hint_fits_train_and_evaluate(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.evaluation import evaluate_model
@@ -485,8 +641,9 @@ def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(tmp_path
 def test_continued_training_defaults_to_the_saved_tasks_and_applies_task_weights(tmp_path, data_dir, tiny_encoder):
     saved = tmp_path / "saved"
     training.main(tiny_args(tiny_encoder, saved, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
-                            "sentiment", "--max_steps", "1"))
-    # A plain PATH file (no TASK= prefix, no --tasks): the saved model's tasks.
+                            "sentiment", "--max_steps", "1", "--max_length", "40"))
+    assert json.loads((saved / "config.json").read_text())["max_length"] == 40
+    # A plain PATH file (no TASK= prefix, no --tasks): the saved model's tasks, and its max_length.
     out = tmp_path / "continued"
     training.main(tiny_args(tiny_encoder, out, "--model_name_or_path", str(saved), "--train_files",
                             str(data_dir / "both.jsonl"), "--task_weights", "topic=5", "sentiment=0.1",
@@ -494,6 +651,13 @@ def test_continued_training_defaults_to_the_saved_tasks_and_applies_task_weights
     config = json.loads((out / "config.json").read_text())
     assert config["tasks"] == json.loads((saved / "config.json").read_text())["tasks"]
     assert config["task_weights"] == {"topic": 5.0, "sentiment": 0.1}
+    assert config["max_length"] == 40
+    training.main(tiny_args(tiny_encoder, tmp_path / "longer", "--model_name_or_path", str(saved), "--train_files",
+                            str(data_dir / "both.jsonl"), "--max_steps", "1", "--max_length", "50"))
+    assert json.loads((tmp_path / "longer" / "config.json").read_text())["max_length"] == 50
+    training.main(tiny_args(tiny_encoder, tmp_path / "new", "--train_files", str(data_dir / "both.jsonl"),
+                            "--tasks", "topic", "sentiment", "--max_steps", "1"))
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["max_length"] == 128  # a new model's default
     with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['cooking'\]"):
         training.main(tiny_args(tiny_encoder, tmp_path / "bad", "--model_name_or_path", str(saved), "--train_files",
                                 str(data_dir / "both.jsonl"), "--task_weights", "cooking=2", "--max_steps", "1"))

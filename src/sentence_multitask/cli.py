@@ -25,11 +25,19 @@ def read_texts(args) -> list[str]:
             raise SystemExit(f"error: {args.file}: no such file.")
         handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with handle:
-            lines = handle.read().splitlines()
+            lines = _lines(handle.read())
         return _texts_from_lines(lines, args.file, args.text_column)
     if sys.stdin.isatty():
         raise SystemExit("error: no texts: pass them as arguments, with --file PATH, or on standard input.")
-    return _texts_from_lines(sys.stdin.read().splitlines(), "<stdin>", args.text_column)
+    return _texts_from_lines(_lines(sys.stdin.read()), "<stdin>", args.text_column)
+
+
+def _lines(text: str) -> list[str]:
+    """One line per newline (files are read with universal newlines, so also per \\r\\n or \\r). Not str.splitlines,
+    which also splits at characters a text or a JSON string may hold (U+2028, U+0085, form feed ...): the outputs would
+    no longer line up with the input lines, and JSON Lines this command wrote could not be read back."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str]:
@@ -174,7 +182,7 @@ def cmd_export_onnx(args) -> int:
         if not os.path.isfile(args.calibration_file):
             raise SystemExit(f"error: {args.calibration_file}: no such file.")
         with open(args.calibration_file, encoding="utf-8") as handle:
-            calibration_texts = [text for text in _texts_from_lines(handle.read().splitlines(), args.calibration_file,
+            calibration_texts = [text for text in _texts_from_lines(_lines(handle.read()), args.calibration_file,
                                                                    args.text_column) if text.strip()]
     args.device, args.backend = "cpu", "torch"
     model = load_model(args.model, args)
@@ -188,6 +196,16 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     train_main(argv)
     return 0
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--text_column", "--text-column", default="text", help="Text key of .jsonl input.")
         sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
         sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-        sub.add_argument("--threads", type=int, help="CPU threads (default: torch's choice).")
+        sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
         sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                          help="fp32 (exact), bf16 (CPUs with native bf16, GPUs), fp16 (GPU) or auto.")
         sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
@@ -231,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--output", help="Also write the JSON report to this file.")
     sub.add_argument("--batch_size", "--batch-size", type=int, default=64)
     sub.add_argument("--device")
-    sub.add_argument("--threads", type=int)
+    sub.add_argument("--threads", type=positive_int)
     sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
     sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
     recheck_option(sub)
@@ -246,17 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
                           "--text_column), e.g. training texts; smooths activation outliers first, so int8 keeps "
                           "more of fp32's labels.")
     sub.add_argument("--text_column", "--text-column", default="text", help="Text key of a .jsonl calibration file.")
-    sub.add_argument("--threads", type=int)
+    sub.add_argument("--threads", type=positive_int)
     sub.set_defaults(run=cmd_export_onnx)
 
     commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).", add_help=False)
     return parser
 
 
+def _raised_by_this_package(error: BaseException) -> bool:
+    """Whether the innermost frame of `error` is in this package: its checks of options, data and folders, whose
+    messages name the problem and the fix."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and os.path.dirname(os.path.abspath(frame.tb_frame.f_code.co_filename)) == os.path.dirname(
+        os.path.abspath(__file__))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
-        return cmd_train(argv[1:])
+        try:
+            return cmd_train(argv[1:])
+        except (ValueError, OSError) as error:
+            if not _raised_by_this_package(error):  # from deep in torch / transformers: keep the traceback
+                raise
+            raise SystemExit(f"error: {error}") from None
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

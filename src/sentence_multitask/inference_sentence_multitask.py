@@ -235,7 +235,10 @@ class SentenceInferenceMixin:
     # The lock that keeps threads from sharing the fast tokenizer cannot be copied or pickled: copy.deepcopy(model),
     # pickle and torch.save(model) give the copy a lock of its own.
     def __getstate__(self):
-        return {key: value for key, value in self.__dict__.items() if key != "_tokenizer_lock"}
+        parent = getattr(super(), "__getstate__", None)  # nn.Module's drops its compiled forward
+        state = dict(parent() if parent is not None else self.__dict__)
+        state.pop("_tokenizer_lock", None)
+        return state
 
     def __setstate__(self, state):
         parent = getattr(super(), "__setstate__", None)

@@ -22,7 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
-from .configuration_sentence_multitask import SentenceMultiTaskConfig
+from .configuration_sentence_multitask import SentenceMultiTaskConfig, _check_tasks
 from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_texts, PRECISIONS, ...)
     PRECISIONS,
     PROGRESS_BAR_MIN_TEXTS,
@@ -210,12 +210,12 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         """Add a task with a freshly initialised head (e.g. to train it on top of an already trained encoder)."""
         if task in self.config.tasks:
             raise ValueError(f"Task {task!r} already exists with labels {self.config.tasks[task]}.")
-        tasks = {**self.config.tasks, task: list(labels)}
-        SentenceMultiTaskConfig(encoder=self.config.encoder, tasks=tasks)  # validates the new task
-        self.config.tasks = tasks
+        # Checks only the tasks: a new config built on this model's encoder config would reset the encoder's attention
+        # implementation, and padded batches would then attend to their padding.
+        self.config.tasks = _check_tasks({**self.config.tasks, task: list(labels)})
         head = TaskHead(self.config.hidden_size, self.config.head_size, len(labels), self.config.head_dropout)
         head.apply(self._init_weights)
-        self.heads[task] = head.to(device=self.device, dtype=self.dtype)
+        self.heads[task] = head.to(device=self.device, dtype=self.dtype).train(self.training)
 
     @property
     def tokenizer(self):
@@ -434,6 +434,9 @@ def _pipeline_class():
         _load_feature_extractor = False
 
         def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
+            if kwargs:  # a typo or another pipeline's option would otherwise be ignored without a word
+                raise TypeError(f"Unknown option(s) {sorted(kwargs)} for the sentence-multitask pipeline; it takes "
+                                "return_all_scores, max_length and the pipeline's own batch_size / num_workers.")
             preprocess = {"max_length": max_length} if max_length is not None else {}
             postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
             return preprocess, {}, postprocess

@@ -28,8 +28,11 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from . import REFERENCE_TASKS, SentenceMultiTaskModel
+from .inference_sentence_multitask import max_tokens
 
 logger = logging.getLogger("sentence_multitask.training")
+
+DEFAULT_MAX_LENGTH = 128  # --max_length of a new model
 
 IGNORE = -100
 LABEL_PREFIX = "labels_"
@@ -93,10 +96,19 @@ class DataArguments:
         default=None,
         metadata={"help": "Label column per task, `TASK=COLUMN`. Default: a column named like the task, else `label`."},
     )
-    max_length: int = field(default=128, metadata={"help": "Truncate texts to this many tokens."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Truncate texts to this many tokens (default 128; continuing from a saved model: its max_length)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per train file."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per validation file."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+    def __post_init__(self):
+        # A shorter limit trains a model that cannot be loaded again (and --overwrite_model would replace a good one).
+        if self.max_length is None:
+            return
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"--max_length must be a whole number of at least 2 tokens (a text needs [CLS] and "
+                             f"[SEP]), got {self.max_length!r}.")
 
 
 @dataclass
@@ -124,7 +136,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     primary_tasks: list[str] | None = field(default=None, metadata={"help": "Phase-1 tasks of --training_mode sequential."})
     head_learning_rate: float | None = field(
         default=1e-3,
-        metadata={"help": "Learning rate of the freshly initialised heads (0 or less: same as --learning_rate)."},
+        metadata={"help": "Learning rate of every task head, also of heads already trained when continuing from a "
+                          "saved model (0 or less: same as --learning_rate)."},
     )
     push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
     # Project defaults for Trainer options (all still overridable on the command line).
@@ -201,6 +214,21 @@ def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, str]
     return pairs
 
 
+def parse_task_weights(items: Sequence[str] | None) -> dict[str, float]:
+    """--task_weights TASK=WEIGHT items as numbers; an error names the option and the bad item."""
+    weights = {}
+    for task, value in parse_key_values(items, "--task_weights").items():
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if weight is None or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"--task_weights expects TASK=WEIGHT with a non-negative number as WEIGHT, got "
+                             f"{task + '=' + value!r}.")
+        weights[task] = weight
+    return weights
+
+
 def parse_specs(items: Sequence[str] | None, is_hub: bool = False) -> list[DataSpec]:
     specs = []
     for item in items or []:
@@ -268,16 +296,34 @@ def _check_json_lines(path: str) -> None:
                 raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(value).__name__}.")
 
 
+def is_missing_label(value: Any) -> bool:
+    """None, or NaN: a blank cell of a CSV id column is read as NaN or None."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def label_id(value: Any) -> int | None:
+    """`value` as a label id: an int, or a float that is a whole number (a CSV id column with a blank cell is read as
+    floats: 0.0, 1.0, ...); None for anything else (names, 0.5, booleans)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def check_label_types(spec: DataSpec, dataset: datasets.Dataset, columns: dict[str, str], split: str) -> None:
-    """A label column holds names (str) or ids (int), not both, and nothing else; name the first offending row."""
+    """A label column holds names (str) or ids (whole numbers), not both, and nothing else; name the first offending
+    row."""
     for task, column in columns.items():
         kind = None
         for index, value in enumerate(dataset[column]):
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if is_missing_label(value):
                 continue
-            found = "name" if isinstance(value, str) else "id" if type(value) is int else None
+            found = "name" if isinstance(value, str) else "id" if label_id(value) is not None else None
             if found is None or (kind is not None and found != kind):
                 expected = f"label {kind}s like the rows before it" if kind else "a label name or id"
+                if found is None and isinstance(value, float):
+                    expected += " (an id is a whole number)"
                 raise DataError(
                     f"{spec.name} ({split}), {row_name(spec, index)}: label {value!r} of type {type(value).__name__} "
                     f"for task {task!r} (column {column!r}); expected {expected}. Use one kind of label per column."
@@ -346,7 +392,7 @@ def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict
         if task in given and carriers:  # a carrying file with no label at all is named by prepare_data's build()
             labels[task] = given[task]
             continue
-        found = {value for dataset, column in carriers for value in dataset[column] if value is not None}
+        found = {value for dataset, column in carriers for value in dataset[column] if not is_missing_label(value)}
         if not found:
             raise DataError(f"Task {task!r} has no labelled training row; give data for it or drop it from --tasks.")
         if not all(isinstance(value, str) for value in found):
@@ -373,18 +419,21 @@ def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[st
         index_of = {name: i for i, name in enumerate(names)}
         ids = []
         for index, value in enumerate(dataset[column]):
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            number = None if isinstance(value, str) else label_id(value)
+            if is_missing_label(value):
                 ids.append(IGNORE)
             elif isinstance(value, str) and value in index_of:
                 ids.append(index_of[value])
-            elif isinstance(value, int) and not isinstance(value, bool) and (0 <= value < len(names) or value == IGNORE):
-                ids.append(value)
+            elif number is not None and (0 <= number < len(names) or number == IGNORE):
+                ids.append(number)
             else:
                 kind = "label" if isinstance(value, str) else f"label of type {type(value).__name__}"
+                if isinstance(value, float) and number is None:
+                    kind = "fractional label id"  # 0.5: ids are whole numbers
                 raise DataError(
                     f"{spec.name} ({split}), {row_name(spec, index)}: unknown {kind} {value!r} for task {task!r} "
-                    f"(column {column!r}); the labels are {names} (or their ids 0-{len(names) - 1}). Fix the row or "
-                    f"add the label with --labels {task}=..."
+                    f"(column {column!r}); the labels are {names} (or their ids 0-{len(names) - 1}, whole numbers). "
+                    f"Fix the row or add the label with --labels {task}=..."
                 )
         encoded[task] = ids
     return encoded
@@ -511,7 +560,8 @@ class MultiTaskCollator:
 
 
 def source_shares(sizes: Sequence[int], mode: str, temperature: float = 2.0) -> np.ndarray:
-    """Share of the training stream each source gets."""
+    """Share of the training stream each source gets; a source without rows (e.g. in a sequential phase that trains
+    none of its tasks) gets none."""
     sizes = np.asarray(sizes, dtype=float)
     if mode == "proportional":
         weights = sizes
@@ -521,6 +571,9 @@ def source_shares(sizes: Sequence[int], mode: str, temperature: float = 2.0) -> 
         weights = np.ones_like(sizes)
     else:
         raise ValueError(f"Unknown task sampling mode {mode!r}; use one of {', '.join(SAMPLING_MODES)}.")
+    weights = np.where(sizes > 0, weights, 0.0)
+    if weights.sum() <= 0:
+        raise ValueError("No training rows: every data source is empty.")
     return weights / weights.sum()
 
 
@@ -555,7 +608,8 @@ class MultiTaskSampler(torch.utils.data.Sampler):
         if self.mode == "proportional":
             return rng.permutation(total)
         if self.mode == "round_robin":
-            choice = np.arange(total) % len(self.pools)
+            present = np.flatnonzero(self.shares > 0)  # only the sources that have rows
+            choice = present[np.arange(total) % len(present)]
         else:
             choice = rng.choice(len(self.pools), size=total, p=self.shares)
         picked = np.empty(total, dtype=np.int64)
@@ -699,6 +753,20 @@ def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_we
     )
 
 
+def usable_max_length(max_length: int, encoder_config, tokenizer) -> int:
+    """--max_length capped as inference caps it (`max_tokens`): at the encoder's position embeddings and the
+    tokenizer's model_max_length, with a warning; the encoder cannot take longer texts."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    used = max_tokens(max_length, max_length, positions, tokenizer_limit)
+    if used < max_length:
+        limits = [name for name, limit in (("the encoder's max_position_embeddings", positions),
+                                           ("the tokenizer's model_max_length", tokenizer_limit)) if limit == used]
+        logger.warning("--max_length %d is more than the encoder takes (%s: %d): texts are truncated to %d tokens, "
+                       "and the model is saved with max_length %d.", max_length, " and ".join(limits), used, used, used)
+    return used
+
+
 def check_output_dir(args: MultiTaskTrainingArguments) -> None:
     """Refuse to overwrite a saved model unless asked; before any work is done."""
     if args.output_dir and os.path.isfile(os.path.join(args.output_dir, "config.json")):
@@ -738,7 +806,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     set_seed(args.seed)
     if model_args.pooling not in ("mean", "cls", "max"):
         raise ValueError(f"--pooling must be mean, cls or max, got {model_args.pooling!r}.")
-    weights = {task: float(value) for task, value in parse_key_values(args.task_weights, "--task_weights").items()}
+    weights = parse_task_weights(args.task_weights)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
     from .modeling_sentence_multitask import load_tokenizer
@@ -747,6 +815,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path)
              if model_args.model_name_or_path else None)
     tokenizer = load_tokenizer(source, saved.encoder if saved else None)
+    encoder_config = saved.encoder if saved else transformers.AutoConfig.from_pretrained(source)
+    requested = data_args.max_length or (saved.max_length if saved else DEFAULT_MAX_LENGTH)
+    data_args.max_length = usable_max_length(requested, encoder_config, tokenizer)
     given = saved.tasks if saved else None
     data = prepare_data(data_args, tokenizer, given)
     logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
@@ -797,8 +868,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         if resume == "True" or resume is True:
             resume = True
         train_result = trainer.train(resume_from_checkpoint=resume)
-        if number == len(phases):
-            trainer.save_metrics("train", train_result.metrics)
+        if len(phases) > 1:
+            trainer.save_metrics("train", train_result.metrics, combined=False)  # phaseN/train_results.json
+    if len(phases) > 1:
+        trainer.args = args  # the final results go to --output_dir as in joint mode, not into the last phase's folder
+    trainer.save_metrics("train", train_result.metrics)
 
     # Final evaluation of every task with the final weights.
     final_metrics: dict[str, Any] = {}
