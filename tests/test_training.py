@@ -581,6 +581,14 @@ def test_bad_task_weight_names_the_option_and_the_value(weight, tmp_path, data_d
                                 "--task_weights", f"topic={weight}"))
 
 
+@pytest.mark.parametrize("option, items", [("--task_weights", ["topic=1", "topic=2"]),
+                                           ("--labels", ["topic=a,b", "sentiment=x,y", "topic=c,d"])])
+def test_a_task_given_twice_in_one_option_is_an_error(option, items, tmp_path, data_dir, tiny_encoder):
+    with pytest.raises(ValueError, match=rf"{option} gives 'topic' twice"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "out", "--train_files", str(data_dir / "both.jsonl"),
+                                option, *items))
+
+
 def test_unknown_task_prefix_hint_fits_train_and_evaluate(tmp_path, data_dir, tiny_encoder, tiny_tokenizer):
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.evaluation import evaluate_model

@@ -210,6 +210,9 @@ def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, str]
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"{option} expects KEY=VALUE items, got {item!r}.")
+        if key.strip() in pairs:  # the last one would win without a word
+            raise ValueError(f"{option} gives {key.strip()!r} twice ({pairs[key.strip()]!r} and {value.strip()!r}); "
+                             "give each once.")
         pairs[key.strip()] = value.strip()
     return pairs
 
