@@ -307,3 +307,17 @@ def test_add_task_leaves_the_other_outputs_unchanged(minilm_path):
     with pytest.raises(ValueError, match="at least two labels"):
         model.add_task("single", ["a"])
     assert list(model.config.tasks) == [*REFERENCE_TASKS, "language"]
+
+
+def test_input_embeddings_are_the_encoders_and_resizing_survives_a_save(tiny_encoder, tmp_path):
+    """What resize_token_embeddings (new tokens), NEFTune (--neftune_noise_alpha) and PEFT reach for."""
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
+    assert model.get_input_embeddings() is model.encoder.embeddings.word_embeddings
+    before = model.encode(SENTENCES)
+    model.resize_token_embeddings(30522 + 2)
+    assert model.get_input_embeddings().weight.shape[0] == model.config.encoder.vocab_size == 30524
+    np.testing.assert_allclose(model.encode(SENTENCES), before, atol=1e-6)  # the old tokens' embeddings are kept
+    model.save_pretrained(tmp_path)
+    loaded = SentenceMultiTaskModel.from_pretrained(tmp_path)
+    assert loaded.get_input_embeddings().weight.shape[0] == 30524
+    np.testing.assert_allclose(loaded.encode(SENTENCES), before, atol=1e-6)

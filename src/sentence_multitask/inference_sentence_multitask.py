@@ -242,7 +242,10 @@ class SentenceInferenceMixin:
 
     def __setstate__(self, state):
         parent = getattr(super(), "__setstate__", None)
-        parent(state) if parent is not None else self.__dict__.update(state)
+        if parent is not None:
+            parent(state)
+        else:
+            self.__dict__.update(state)
         self._tokenizer_lock = threading.Lock()
 
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):

@@ -217,6 +217,19 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         head.apply(self._init_weights)
         self.heads[task] = head.to(device=self.device, dtype=self.dtype).train(self.training)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's token embeddings (for `resize_token_embeddings`, NEFTune's `--neftune_noise_alpha`, PEFT)."""
+        return self.encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """The encoder's (after adding tokens to the tokenizer): its config, saved with the model, keeps the new size."""
+        embeddings = self.encoder.resize_token_embeddings(*args, **kwargs)
+        self.config.encoder = self.encoder.config
+        return embeddings
+
     @property
     def tokenizer(self):
         """The tokenizer saved with the model (loaded on first use)."""
