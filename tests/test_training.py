@@ -7,6 +7,7 @@ other test uses the tiny random encoder of `tiny_encoder` and small JSON Lines f
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -154,6 +155,7 @@ def test_demo_training_cli_writes_a_loadable_model_with_its_metrics_in_the_card(
     # Loads as remote code in a process that cannot import sentence_multitask, and predicts as reported.
     code = f"""
 import json
+import math
 from transformers import AutoModel
 model = AutoModel.from_pretrained({str(out)!r}, trust_remote_code=True)
 assert type(model).__name__ == "SentenceMultiTaskModel", type(model)
@@ -760,18 +762,21 @@ def test_torchrun_two_process_training(device_flags, tmp_path, data_dir, tiny_en
 # ---------------------------------------------------------------------------------------------------- 8. push
 
 
-def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(tmp_path, data_dir, tiny_encoder,
-                                                                                monkeypatch):
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The Hub API faked offline: every commit (create_commit, and upload_folder as the Trainer calls it) is recorded
+    with its files, token, revision and message; create_repo and create_branch calls are recorded too."""
+    import fnmatch
+    from concurrent.futures import Future
+
     import huggingface_hub.repocard
     from huggingface_hub import HfApi, RepoUrl
     from huggingface_hub.errors import EntryNotFoundError
 
-    token = "hf_TestTokenThatMustNotLeak0123456789"
-    repo_id = "someone/sentence-multitask-test"
-    commits, repos = [], []
+    hub = {"commits": [], "repos": [], "branches": []}
 
     def create_repo(self, repo_id, *args, **kwargs):
-        repos.append((repo_id, kwargs.get("token"), kwargs.get("private")))
+        hub["repos"].append((repo_id, kwargs.get("token"), kwargs.get("private")))
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def create_commit(self, repo_id, operations, *args, **kwargs):
@@ -784,18 +789,42 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
                 files[operation.path_in_repo] = source
             else:
                 files[operation.path_in_repo] = source.read()
-        commits.append({"repo_id": repo_id, "files": files, "token": kwargs.get("token", self.token)})
+        hub["commits"].append({"repo_id": repo_id, "files": files, "token": kwargs.get("token", self.token),
+                               "revision": kwargs.get("revision"), "message": kwargs.get("commit_message")})
+
+    def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, ignore_patterns=None, run_as_future=False,
+                      **kwargs):
+        files = {}
+        for path in sorted(Path(folder_path).rglob("*")):
+            relative = path.relative_to(folder_path).as_posix()
+            if path.is_file() and not any(fnmatch.fnmatch(relative, p) for p in ignore_patterns or []):
+                files[f"{path_in_repo}/{relative}" if path_in_repo else relative] = path.read_bytes()
+        hub["commits"].append({"repo_id": repo_id, "files": files, "token": kwargs.get("token"),
+                               "revision": kwargs.get("revision"), "message": kwargs.get("commit_message")})
+        if run_as_future:
+            future = Future()
+            future.set_result(None)
+            return future
+
+    def create_branch(self, repo_id, *args, branch=None, **kwargs):
+        hub["branches"].append((repo_id, branch))
 
     def no_remote_card(*args, **kwargs):  # a new repository: nothing to download yet
         raise EntryNotFoundError("README.md not found in the (fake) new repository")
 
-    def offline(*args, **kwargs):
-        raise AssertionError(f"unexpected Hub call {args} {kwargs}")
-
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(HfApi, "create_branch", offline)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_branch", create_branch)
     monkeypatch.setattr(huggingface_hub.repocard, "hf_hub_download", no_remote_card)
+    return hub
+
+
+def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(tmp_path, data_dir, tiny_encoder,
+                                                                                fake_hub):
+    token = "hf_TestTokenThatMustNotLeak0123456789"
+    repo_id = "someone/sentence-multitask-test"
+    commits, repos = fake_hub["commits"], fake_hub["repos"]
 
     out = tmp_path / "pushed"
     metrics = training.main(tiny_args(
@@ -810,6 +839,7 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
     commit = commits[0]
     files = commit["files"]
     assert commit["repo_id"] == repo_id and commit["token"] == token
+    assert commit["revision"] is None and not fake_hub["branches"]  # the default branch
 
     expected = {"config.json", "configuration_sentence_multitask.py", "modeling_sentence_multitask.py",
                 "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"}
@@ -832,3 +862,236 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
     assert "sentence-multitask" in card and repo_id in card, card[:1500]
     assert f"| topic | {metrics['eval_topic_accuracy']:.4f} |" in card, card[:1500]
     assert card == (out / "README.md").read_text(encoding="utf-8")
+
+
+CODE_FILES = {"configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py"}
+MODEL_FILES = CODE_FILES | {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"}
+
+
+class ConfigJsonAtEachSave:
+    """A callback that records, after each checkpoint (and its push), whether --output_dir holds a config.json."""
+
+    def __init__(self, output_dir):
+        from transformers import TrainerCallback
+
+        seen = self.seen = []
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                seen.append((state.global_step, (Path(output_dir) / "config.json").exists()))
+
+        self.callback = Callback()
+
+
+@pytest.mark.parametrize("strategy", [None, "every_save", "checkpoint"])
+def test_push_during_training_uploads_complete_models_and_keeps_output_dir_clean(strategy, tmp_path, data_dir,
+                                                                                 tiny_encoder, fake_hub, monkeypatch):
+    """Default (end): one commit, the final model. every_save / checkpoint: each checkpoint's push is a model that
+    loads (code files, tokenizer, card), never copied into --output_dir while training runs."""
+    out = tmp_path / "pushed"
+    recorder = ConfigJsonAtEachSave(out)
+
+    class RecordingTrainer(MultiTaskTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(recorder.callback)
+
+    monkeypatch.setattr(training, "MultiTaskTrainer", RecordingTrainer)
+    training.main(tiny_args(
+        tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+        "--save_strategy", "steps", "--save_steps", "1", "--max_steps", "2", "--push_to_hub",
+        "--hub_model_id", "someone/pushed", *(["--hub_strategy", strategy] if strategy else []),
+        *(["--hub_revision", "dev"] if strategy == "checkpoint" else []),
+    ))
+    commits = fake_hub["commits"]
+    if strategy == "checkpoint":  # every commit goes to --hub_revision, a branch created first
+        assert {commit["revision"] for commit in commits} == {"dev"}
+        assert set(fake_hub["branches"]) == {("someone/pushed", "dev")}
+    assert recorder.seen == [(1, False), (2, False)]  # no config.json in --output_dir before the final save
+    assert MODEL_FILES <= commits[-1]["files"].keys()
+    assert commits[-1]["files"]["README.md"] == (out / "README.md").read_bytes()
+    if strategy is None:
+        assert len(commits) == 1, [sorted(commit["files"]) for commit in commits]
+        return
+    during = commits[:-1]
+    assert [commit["message"] for commit in during if "checkpoint" not in commit["message"]] == [
+        "Training in progress, step 1", "Training in progress, step 2"]
+    for commit in during:
+        root = {name for name in commit["files"] if "/" not in name}
+        if "/" in next(iter(commit["files"])):  # --hub_strategy checkpoint: the resumable checkpoint in a subfolder
+            assert {"last-checkpoint/optimizer.pt", "last-checkpoint/trainer_state.json"} <= commit["files"].keys()
+            continue
+        assert MODEL_FILES <= root, f"{commit['message']}: missing {MODEL_FILES - root}"
+        assert not root & {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin"}, sorted(root)
+        assert "Intermediate checkpoint" in commit["files"]["README.md"].decode()
+    if strategy == "checkpoint":
+        assert sum("last-checkpoint/model.safetensors" in commit["files"] for commit in during) == 2
+
+
+def test_hub_revision_is_where_the_final_model_is_pushed(tmp_path, data_dir, tiny_encoder, fake_hub):
+    training.main(tiny_args(
+        tiny_encoder, tmp_path / "pushed", "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
+        "sentiment", "--max_steps", "1", "--push_to_hub", "--hub_model_id", "someone/pushed", "--hub_revision", "dev",
+    ))
+    assert [commit["revision"] for commit in fake_hub["commits"]] == ["dev"]
+    assert fake_hub["branches"] == [("someone/pushed", "dev")]
+
+
+# ---------------------------------------------------------------------------------------------------- 9. options
+
+
+def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(tmp_path, data_dir, tiny_encoder,
+                                                                               monkeypatch):
+    """--overwrite_model replaces the model, not the checkpoints: a later --resume_from_checkpoint True would resume
+    the older run. --resume_from_checkpoint takes true/yes/1 in any case."""
+    out = tmp_path / "out"
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "2",
+               "--save_strategy", "steps", "--save_steps", "1"]
+    training.main(tiny_args(tiny_encoder, out, *options))
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "prepare_data", lambda *a, **k: pytest.fail("data was loaded before the check"))
+        for extra in (["--overwrite_model"], ["--overwrite_model", "--resume_from_checkpoint", "false"]):
+            with pytest.raises(FileExistsError, match=r"checkpoint-1, checkpoint-2\). Resume that run with "
+                               r"--resume_from_checkpoint, or move or remove"):
+                training.main(tiny_args(tiny_encoder, out, *options, *extra))
+        with pytest.raises(FileNotFoundError, match=r"--resume_from_checkpoint .*missing: no such folder"):
+            training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", str(out / "missing")))
+        with pytest.raises(FileNotFoundError, match=r"holds no checkpoint-N folder"):
+            training.main(tiny_args(tiny_encoder, tmp_path / "new", *options, "--resume_from_checkpoint", "TRUE"))
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+
+    for word, expected in [("true", "True"), ("Yes", "True"), ("1", "True"), ("FALSE", None), ("no", None),
+                           ("0", None), ("some/checkpoint-3", "some/checkpoint-3")]:
+        *_, args = training.parse_args(["--resume_from_checkpoint", word])
+        assert args.resume_from_checkpoint == expected, word
+    # A resume with "yes" finds the last checkpoint (the run was complete: nothing is left to train).
+    training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", "yes"))
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--eval_do_concat_batches", "false"], "--eval_do_concat_batches false is not supported"),
+    (["--batch_eval_metrics", "true"], "--batch_eval_metrics true is not supported"),
+])
+def test_evaluation_options_that_lose_the_task_metrics_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        training.parse_args(options)
+
+
+def test_metric_for_best_model_of_a_task_without_validation_labels_fails_before_training(tmp_path, data_dir,
+                                                                                          tiny_encoder, monkeypatch):
+    monkeypatch.setattr(training, "MultiTaskTrainer", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"metric_for_best_model sentiment_accuracy: the validation data has no "
+                                         r"'sentiment' labels.*Add sentiment labels to --validation_files"):
+        training.main(tiny_args(
+            tiny_encoder, tmp_path / "out", "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
+            "sentiment", "--validation_files", f"topic={data_dir / 'topic.jsonl'}", "--max_steps", "2",
+            "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+            "--load_best_model_at_end", "--metric_for_best_model", "sentiment_accuracy",
+        ))
+    with pytest.raises(ValueError, match=r"metric_for_best_model eval_topic_acuracy is not a metric evaluation "
+                                         r"reports; choose one of loss, topic_accuracy"):
+        training.main(tiny_args(
+            tiny_encoder, tmp_path / "out", "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
+            "sentiment", "--validation_files", f"topic={data_dir / 'topic.jsonl'}", "--max_steps", "2",
+            "--eval_strategy", "steps", "--eval_steps", "1", "--metric_for_best_model", "eval_topic_acuracy",
+        ))
+
+
+def test_label_smoothing_trains_and_smooths_each_tasks_cross_entropy(tmp_path, data_dir, tiny_encoder,
+                                                                      tiny_tokenizer):
+    from sentence_multitask import SentenceMultiTaskModel
+
+    metrics = training.main(tiny_args(
+        tiny_encoder, tmp_path / "smoothed", "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic",
+        "sentiment", "--validation_files", str(data_dir / "both_val.jsonl"), "--max_steps", "2",
+        "--label_smoothing_factor", "0.1",
+    ))
+    assert math.isfinite(metrics["eval_loss"]) and "eval_topic_accuracy" in metrics
+    state = json.loads((tmp_path / "smoothed" / "train_results.json").read_text())
+    assert math.isfinite(state["train_loss"]) and state["train_loss"] > 0
+
+    # The same batch, labelled with the model's own predictions: smoothing moves probability away from the predicted
+    # (most probable) label, so the smoothed loss is higher; it is (1-e)*CE + e*mean(-log p) per task, task-weighted.
+    data = prepare_data(DataArguments(train_files=[str(data_dir / "both.jsonl")], tasks=["topic", "sentiment"]),
+                        tiny_tokenizer)
+    torch.manual_seed(0)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=data.tasks, task_weights={"topic": 2.0}).eval()
+    batch = MultiTaskCollator(tiny_tokenizer, list(data.tasks))([data.train[i] for i in range(8)])
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    batch["labels"] = {task: task_logits.argmax(-1) for task, task_logits in logits.items()}
+    losses = {}
+    for epsilon in (0.0, 0.1):
+        args = MultiTaskTrainingArguments(output_dir=str(tmp_path / "run"), label_smoothing_factor=epsilon,
+                                          eval_strategy="no", report_to="none", dataloader_pin_memory=False)
+        trainer = MultiTaskTrainer(model=model, args=args, processing_class=tiny_tokenizer)
+        with torch.no_grad():
+            losses[epsilon] = trainer.compute_loss(model, dict(batch)).item()
+    expected = 0.0
+    for task, task_logits in logits.items():
+        log_p = torch.log_softmax(task_logits.float(), -1)
+        ce = -log_p.gather(1, batch["labels"][task][:, None]).mean()
+        expected += model.config.task_weight(task) * (0.9 * ce + 0.1 * (-log_p.mean(-1)).mean()).item()
+    assert losses[0.1] > losses[0.0]
+    assert losses[0.1] == pytest.approx(expected, rel=1e-5)
+    assert losses[0.0] == pytest.approx(model(**batch).loss.item(), rel=1e-6)
+
+
+def test_checkpoint_cards_say_what_they_are_and_the_card_shows_the_epochs_trained(tmp_path, data_dir, tiny_encoder):
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+               "--validation_files", str(data_dir / "both_val.jsonl"), "--max_steps", "2"]
+    saved = tmp_path / "saved"
+    training.main(tiny_args(tiny_encoder, saved, *options))
+    final_card = (saved / "README.md").read_text(encoding="utf-8")
+    # 48 rows, batch 8: 6 steps an epoch, so 2 steps are a third of one (not --num_train_epochs' 3).
+    assert "| epochs | 0.3333 |" in final_card and "| topic | " in final_card
+
+    out = tmp_path / "continued"
+    training.main(tiny_args(tiny_encoder, out, *options, "--model_name_or_path", str(saved),
+                            "--save_strategy", "steps", "--save_steps", "1"))
+    for step in (1, 2):
+        card = (out / f"checkpoint-{step}" / "README.md").read_text(encoding="utf-8")
+        assert f"**Intermediate checkpoint** at step {step} (epoch {step / 6:.4g})" in card, card[:2000]
+        assert "`topic`, `sentiment`" in card
+        assert "not been fine-tuned" not in card and "No evaluation was run" not in card
+        assert "| topic | " not in card  # not the metrics of the model training continued from
+    assert "Intermediate checkpoint" not in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_sequential_training_resumes_phase_one_from_its_checkpoint(tmp_path, data_dir, tiny_encoder, monkeypatch):
+    from transformers import TrainerCallback
+
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--training_mode",
+               "sequential", "--primary_tasks", "topic", "--max_steps", "2", "--save_strategy", "steps",
+               "--save_steps", "1", "--seed", "5"]
+    training.main(tiny_args(tiny_encoder, tmp_path / "a", *options))
+
+    class CrashInPhaseOne(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if args.output_dir.endswith("phase1") and state.global_step == 1:
+                raise Interrupted("killed in phase 1")
+
+    class CrashingTrainer(MultiTaskTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(CrashInPhaseOne())
+
+    uninterrupted = weights(tmp_path / "a")
+    for name, resume in (("b", "True"), ("c", "phase1/checkpoint-1")):
+        out = tmp_path / name
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "MultiTaskTrainer", CrashingTrainer)
+            with pytest.raises(Interrupted):
+                training.main(tiny_args(tiny_encoder, out, *options))
+        with pytest.raises(FileExistsError, match=r"phase1/checkpoint-1\)"):
+            training.main(tiny_args(tiny_encoder, out, *options))
+        resume = resume if resume == "True" else str(out / resume)
+        training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", resume))
+        resumed = weights(out)
+        worst = max((uninterrupted[k].float() - resumed[k].float()).abs().max().item() for k in uninterrupted)
+        assert worst <= 1e-6, f"resumed ({resume}) differs from the uninterrupted run by up to {worst}"
+        assert json.loads((out / "phase2" / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    with pytest.raises(FileNotFoundError, match="neither .*phase1 nor .*phase2 holds a checkpoint-N folder"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "d", *options, "--resume_from_checkpoint", "true"))

@@ -280,8 +280,10 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
             return (loss, *output) if loss is not None else output
         return SentenceMultiTaskOutput(loss=loss, logits=logits, embeddings=embeddings)
 
-    def compute_loss(self, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum over tasks of the mean cross-entropy over that task's labelled examples (-100 = none)."""
+    def compute_loss(self, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+        """Weighted sum over tasks of the mean cross-entropy over that task's labelled examples (-100 = none), with
+        `label_smoothing` as torch's cross_entropy takes it (the Trainer's --label_smoothing_factor)."""
         if not isinstance(labels, Mapping):
             raise TypeError(f"labels must be a dict of task name -> tensor, got {type(labels).__name__}.")
         unknown = sorted(set(labels) - set(logits))
@@ -296,7 +298,8 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
             labelled = task_labels != -100
             if not bool(labelled.any()):
                 continue
-            task_loss = nn.functional.cross_entropy(logits[task][labelled].float(), task_labels[labelled])
+            task_loss = nn.functional.cross_entropy(logits[task][labelled].float(), task_labels[labelled],
+                                                    label_smoothing=label_smoothing)
             loss = loss + self.config.task_weight(task) * task_loss
         return loss
 

@@ -26,6 +26,7 @@ import datasets
 import evaluate
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 
 from . import REFERENCE_TASKS, SentenceMultiTaskModel
 from .inference_sentence_multitask import max_tokens
@@ -140,6 +141,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
                           "saved model (0 or less: same as --learning_rate)."},
     )
     push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: end (default: one commit of the final model, code and card), "
+                          "every_save (also each checkpoint's model, code and card while training), checkpoint or "
+                          "all_checkpoints (every_save plus the resumable checkpoint in last-checkpoint/ or "
+                          "checkpoint-N/)."},
+    )
     # Project defaults for Trainer options (all still overridable on the command line).
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoder."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
@@ -160,7 +168,16 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
             # Without this, transformers runs each CPU process alone (no DDP, gradients never averaged).
             self.use_cpu = True
+        self.resume_from_checkpoint = resume_option(self.resume_from_checkpoint)
         super().__post_init__()
+        # Both make the Trainer hand compute_metrics something other than all the validation logits at once: no task
+        # metrics would be logged (the card would say no evaluation ran), or compute_metrics fails.
+        if not self.eval_do_concat_batches:
+            raise ValueError("--eval_do_concat_batches false is not supported: the task metrics need every validation "
+                             "batch at once. Leave it at true (the default).")
+        if self.batch_eval_metrics:
+            raise ValueError("--batch_eval_metrics true is not supported: the task metrics are computed over the whole "
+                             "validation set. Leave it at false (the default); --max_eval_samples saves memory.")
         if self.push_to_hub_private:
             self.hub_private_repo = True  # Trainer.__init__ creates the repo (init_hf_repo) before push() runs
         if self.task_sampling not in SAMPLING_MODES:
@@ -178,6 +195,24 @@ class MultiTaskTrainingArguments(TrainingArguments):
         state = dict(self.__dict__)
         state["hub_token"] = None
         return state
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0", "")
+
+
+def resume_option(value: Any) -> str | None:
+    """--resume_from_checkpoint as the Trainer takes it: "True" (the last checkpoint in --output_dir), a path, or None;
+    true/yes/1 and false/no/0 in any case are the booleans, not paths."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "True"
+    text = str(value).strip()
+    if text.lower() in TRUE_WORDS:
+        return "True"
+    if text.lower() in FALSE_WORDS:
+        return None
+    return text
 
 
 def parse_args(argv: Sequence[str] | None = None):
@@ -645,12 +680,106 @@ class MultiTaskSampler(torch.utils.data.Sampler):
 # ---------------------------------------------------------------------------------------------------- trainer
 
 
+CHECKPOINT_METRICS_NOTE = ("Intermediate checkpoint: the evaluations run so far are in the `log_history` of its "
+                           "trainer_state.json; the final model's card lists its validation metrics.")
+# Files of a checkpoint that only resuming needs: not part of the model pushed to the repository's root.
+TRAINING_STATE_FILES = ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
+                        "training_args.bin", "_*"]
+
+
 class MultiTaskTrainer(Trainer):
-    """Trainer with task mixing, length grouping and a separate head learning rate."""
+    """Trainer with task mixing, length grouping, a separate head learning rate, per-task label smoothing, truthful
+    checkpoint cards and complete checkpoint pushes."""
 
     def __init__(self, *args, train_sources: Sequence[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.train_sources = train_sources
+        self.card_summary: dict[str, Any] | None = None  # train() sets it: the run's data and options, for cards
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # The Trainer's LabelSmoother expects one logits tensor; this model has one per task (a dict).
+        epsilon = self.args.label_smoothing_factor
+        if not epsilon or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = self.accelerator.unwrap_model(model).compute_loss(logits, labels, label_smoothing=epsilon)
+        if isinstance(outputs, dict):
+            outputs["loss"] = loss
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # A checkpoint's card must say what it is: without this it would say "not fine-tuned yet" (the summary is
+        # written at the end), or repeat the card, metrics included, of the model training continued from.
+        model = self.accelerator.unwrap_model(self.model)
+        name = os.path.basename(os.path.normpath(output_dir or self.args.output_dir))
+        if not name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") or not hasattr(model, "training_summary"):
+            return super()._save(output_dir, state_dict=state_dict)
+        final_summary = model.training_summary
+        model.training_summary = self.checkpoint_summary()
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            model.training_summary = final_summary
+        card = os.path.join(output_dir, "README.md")
+        if self.args.should_save and os.path.isfile(card):
+            with open(card, encoding="utf-8") as handle:
+                text = handle.read()
+            with open(card, "w", encoding="utf-8") as handle:  # its metrics table is empty: say why
+                handle.write(text.replace("No evaluation was run for this model.", CHECKPOINT_METRICS_NOTE))
+
+    def checkpoint_summary(self) -> dict[str, Any]:
+        summary = dict(self.card_summary or {})
+        hyper = {key: value for key, value in (summary.get("hyperparameters") or {}).items()
+                 if key not in ("epochs", "training time")}
+        step, epoch = self.state.global_step, self.state.epoch or 0.0
+        hyper = {"steps trained": step, "epochs trained": f"{epoch:.4g}", **hyper}
+        model = self.accelerator.unwrap_model(self.model)
+        tasks = ", ".join(f"`{task}`" for task in model.config.tasks)
+        base = getattr(model.config, "base_model", None) or hyper.get("encoder") or "its encoder"
+        note = (f"**Intermediate checkpoint** at step {step} (epoch {epoch:.4g}) of a sentence-multitask training "
+                f"run of the tasks {tasks}, starting from `{base}`. It is saved to resume training; the final model "
+                "and its card, with the validation metrics, are written when training ends.")
+        summary.update(data_note=(note + "\n\n" + summary["data_note"]) if summary.get("data_note") else note,
+                       hyperparameters=hyper, metrics={}, confusion_matrices={})
+        return summary
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Push the checkpoint's model (weights, config, code files, tokenizer and card) to the repository, and for
+        --hub_strategy checkpoint / all_checkpoints the whole checkpoint into a subfolder. Unlike the Trainer, which
+        copies the weights and config into --output_dir and pushes that (a repository without the code files, and an
+        --output_dir that looks like a saved model while training runs), this uploads the checkpoint folder itself."""
+        args = self.args
+        if not self.is_world_process_zero() or args.hub_strategy == HubStrategy.END:
+            return
+        if not args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(args, self.state, self.control)
+        if args.save_strategy == "steps":
+            message = f"Training in progress, step {self.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(self.state.epoch or 0)}"
+        api = transformers.trainer.hf_api()
+        revision = args.hub_revision
+        if revision and not revision.startswith("refs/pr") and not getattr(self, "_hub_branch_created", False):
+            # upload_folder does not create the branch (the final push does, as push_to_hub always has)
+            api.create_branch(repo_id=self.hub_model_id, branch=revision, token=args.hub_token, exist_ok=True)
+            self._hub_branch_created = True
+        jobs = [api.upload_folder(repo_id=self.hub_model_id, folder_path=checkpoint_folder, commit_message=message,
+                                  token=args.hub_token, run_as_future=True, ignore_patterns=list(TRAINING_STATE_FILES),
+                                  revision=args.hub_revision)]
+        if args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            path_in_repo = ("last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT
+                            else Path(checkpoint_folder).name)
+            jobs.append(api.upload_folder(repo_id=self.hub_model_id, folder_path=checkpoint_folder,
+                                          path_in_repo=path_in_repo, commit_message=message + ", checkpoint",
+                                          token=args.hub_token, run_as_future=True, revision=args.hub_revision))
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = transformers.trainer.PushInProgress(jobs)
+        else:
+            self.push_in_progress.jobs.extend(jobs)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -771,13 +900,103 @@ def usable_max_length(max_length: int, encoder_config, tokenizer) -> int:
 
 
 def check_output_dir(args: MultiTaskTrainingArguments) -> None:
-    """Refuse to overwrite a saved model unless asked; before any work is done."""
-    if args.output_dir and os.path.isfile(os.path.join(args.output_dir, "config.json")):
+    """Refuse to overwrite a saved model unless asked, and to mix a new run with an older run's checkpoints; before
+    any work is done."""
+    if not args.output_dir:
+        return
+    if os.path.isfile(os.path.join(args.output_dir, "config.json")):
         if not (args.overwrite_model or args.resume_from_checkpoint):
             raise FileExistsError(
                 f"{args.output_dir} already holds a saved model. Choose another --output_dir, or pass "
                 "--overwrite_model to replace it."
             )
+    if not args.resume_from_checkpoint:
+        # A later --resume_from_checkpoint True would pick the highest checkpoint-N, which could be the older run's.
+        old = checkpoint_folders(args.output_dir)
+        if old:
+            raise FileExistsError(
+                f"{args.output_dir} holds checkpoints of an earlier run ({', '.join(old)}). Resume that run with "
+                "--resume_from_checkpoint, or move or remove these folders, or choose another --output_dir "
+                "(--overwrite_model replaces the saved model only, not the checkpoints)."
+            )
+
+
+def checkpoint_folders(output_dir: str) -> list[str]:
+    """checkpoint-N folders in output_dir and in the phase folders of sequential training, relative to output_dir."""
+    found = []
+    for sub in ("", "phase1", "phase2"):
+        folder = os.path.join(output_dir, sub)
+        if os.path.isdir(folder):
+            found += sorted(os.path.join(sub, name) for name in os.listdir(folder)
+                            if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+                            and os.path.isdir(os.path.join(folder, name)))
+    return found
+
+
+def resume_plan(args: MultiTaskTrainingArguments) -> list[str | None]:
+    """The checkpoint each training phase resumes from (one phase, or two in sequential mode); checked before any work
+    so that a wrong --resume_from_checkpoint fails at once, not after the data and the model are loaded."""
+    resume = args.resume_from_checkpoint
+    sequential = args.training_mode == "sequential"
+    if not resume:
+        return [None, None] if sequential else [None]
+    if resume != "True" and not os.path.isdir(resume):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume}: no such folder. Give a checkpoint-N folder of an earlier run, or "
+            "True to resume from the last checkpoint in --output_dir."
+        )
+    if not sequential:
+        if resume == "True" and not (os.path.isdir(args.output_dir) and get_last_checkpoint(args.output_dir)):
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint True: {args.output_dir} holds no checkpoint-N folder to resume from. "
+                "Start again without --resume_from_checkpoint, or give the checkpoint folder."
+            )
+        return [resume]
+    # Sequential: each phase has its own folder and optimiser (phase 2 trains the other heads only), so a checkpoint
+    # resumes the phase that wrote it; a phase with a checkpoint in its folder continues from its last one.
+    phase_dirs = [os.path.join(args.output_dir, f"phase{number}") for number in (1, 2)]
+    last = [get_last_checkpoint(d) if os.path.isdir(d) else None for d in phase_dirs]
+    if resume == "True":
+        if last == [None, None]:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint True: neither {phase_dirs[0]} nor {phase_dirs[1]} holds a checkpoint-N "
+                "folder to resume from. Start again without --resume_from_checkpoint."
+            )
+        return last if last[1] else [last[0], None]
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(resume.rstrip("/\\"))))
+    if parent == os.path.realpath(phase_dirs[0]):
+        return [resume, None]  # phase 1 continues from it, phase 2 starts afresh
+    if parent == os.path.realpath(phase_dirs[1]):
+        return [last[0], resume]
+    return [None, resume]  # a phase-2 checkpoint kept elsewhere
+
+
+def check_metric_for_best_model(args: MultiTaskTrainingArguments, data: PreparedData) -> None:
+    """--metric_for_best_model must be a metric that evaluation reports; otherwise the Trainer fails with a KeyError
+    after the first evaluation."""
+    name = args.metric_for_best_model
+    if not name or args.eval_strategy == "no" or data.validation is None:
+        return
+    name = name[len("eval_"):] if name.startswith("eval_") else name
+    evaluated = [task for task in data.tasks
+                 if (np.asarray(data.validation[LABEL_PREFIX + task]) != IGNORE).any()]
+    available = ["loss"]
+    for task in evaluated:
+        available += [f"{task}_{metric}" for metric in ("accuracy", "macro_f1", "macro_recall")]
+        available += [f"{task}_f1_{label}" for label in data.tasks[task]]
+    if evaluated:
+        available += [f"average_{metric}" for metric in ("accuracy", "macro_f1", "macro_recall")]
+    if name in available or name in ("runtime", "samples_per_second", "steps_per_second"):
+        return
+    missing = [task for task in data.tasks if task not in evaluated and name.startswith(f"{task}_")]
+    if missing:
+        raise ValueError(
+            f"--metric_for_best_model {args.metric_for_best_model}: the validation data has no {missing[0]!r} labels, "
+            f"so evaluation never reports it. Add {missing[0]} labels to --validation_files, or choose one of "
+            f"{', '.join(available)}."
+        )
+    raise ValueError(f"--metric_for_best_model {args.metric_for_best_model} is not a metric evaluation reports; "
+                     f"choose one of {', '.join(available)}.")
 
 
 def save_model_atomically(model, output_dir: str) -> None:
@@ -806,6 +1025,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     check_output_dir(args)
+    resumes = resume_plan(args)
     set_seed(args.seed)
     if model_args.pooling not in ("mean", "cls", "max"):
         raise ValueError(f"--pooling must be mean, cls or max, got {model_args.pooling!r}.")
@@ -835,6 +1055,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         logger.warning("No validation data: evaluation is skipped.")
         args.eval_strategy = "no"
         args.load_best_model_at_end = False
+    check_metric_for_best_model(args, data)
 
     phases = [list(data.tasks)]
     if args.training_mode == "sequential":
@@ -845,7 +1066,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         if not phases[1]:
             raise ValueError("--primary_tasks lists every task: nothing is left for the second phase.")
 
-    trainer = None
+    card_summary = training_summary(model_args, data_args, args, data, None, 0)
+    trainer, epochs = None, []
     for number, active in enumerate(phases, start=1):
         if len(phases) > 1:
             logger.info("Phase %d of sequential training: tasks %s", number, active)
@@ -867,10 +1089,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             processing_class=tokenizer,
             compute_metrics=metrics_fn,
         )
-        resume = args.resume_from_checkpoint if number == len(phases) or len(phases) == 1 else None
-        if resume == "True" or resume is True:
-            resume = True
-        train_result = trainer.train(resume_from_checkpoint=resume)
+        trainer.card_summary = card_summary
+        resume = resumes[number - 1]
+        train_result = trainer.train(resume_from_checkpoint=True if resume == "True" else resume)
+        epochs.append(trainer.state.epoch or 0.0)
         if len(phases) > 1:
             trainer.save_metrics("train", train_result.metrics, combined=False)  # phaseN/train_results.json
     if len(phases) > 1:
@@ -886,7 +1108,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         trainer.log_metrics("eval", final_metrics)
         trainer.save_metrics("eval", final_metrics)
 
-    model.training_summary = training_summary(model_args, data_args, args, data, metrics_fn, time.time() - started)
+    model.training_summary = training_summary(model_args, data_args, args, data, metrics_fn, time.time() - started,
+                                              epochs=epochs)
     if trainer.is_world_process_zero():
         save_model_atomically(model, args.output_dir)
         logger.info("Model saved to %s", os.path.abspath(args.output_dir))
@@ -899,8 +1122,12 @@ def _phase_args(args: MultiTaskTrainingArguments, number: int) -> MultiTaskTrain
     values = {f.name: getattr(args, f.name) for f in args.__dataclass_fields__.values() if f.init}
     values["output_dir"] = os.path.join(args.output_dir, f"phase{number}")
     values["push_to_hub"] = False
+    values["resume_from_checkpoint"] = None  # train() resumes each phase from its own checkpoint (resume_plan)
     if number == 2:
         values["load_best_model_at_end"] = False
+        metric = (args.metric_for_best_model or "").removeprefix("eval_")
+        if metric and any(metric.startswith(f"{task}_") for task in args.primary_tasks):
+            values["metric_for_best_model"] = "loss"  # phase 2 evaluates the other tasks only
         if args.head_learning_rate is not None:
             values["learning_rate"] = args.head_learning_rate
     return MultiTaskTrainingArguments(**values)
@@ -916,13 +1143,22 @@ def _rows_with_labels(dataset: datasets.Dataset | None, tasks: Sequence[str]) ->
     return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
 
 
-def training_summary(model_args, data_args, args, data: PreparedData, metrics_fn: MultiTaskMetrics, seconds: float):
+def training_summary(model_args, data_args, args, data: PreparedData, metrics_fn: MultiTaskMetrics | None,
+                     seconds: float, epochs: Sequence[float] | None = None):
+    """What the card says about the run; `epochs`: the epochs each phase actually trained (a --max_steps run can stop
+    long before --num_train_epochs)."""
     demo = not data_args.train_files and not data_args.dataset_names
+    last = metrics_fn.last if metrics_fn is not None else {}
+    if epochs:
+        shown = " + ".join(f"{epoch:.4g}" for epoch in epochs)
+        epochs_value = shown + (" (phase 1 + phase 2)" if len(epochs) > 1 else "")
+    else:
+        epochs_value = args.num_train_epochs
     hyper = {
         "encoder": model_args.model_name_or_path or model_args.encoder or "all-MiniLM-L6-v2",
         "training mode": args.training_mode + (f" (primary: {', '.join(args.primary_tasks)})" if args.primary_tasks else ""),
         "task sampling": args.task_sampling + (f" (T={args.sampling_temperature})" if args.task_sampling == "temperature" else ""),
-        "epochs": args.num_train_epochs,
+        "epochs": epochs_value,
         "learning rate": args.learning_rate,
         "head learning rate": args.head_learning_rate or args.learning_rate,
         "batch size": args.per_device_train_batch_size * max(1, args.world_size) * args.gradient_accumulation_steps,
@@ -945,8 +1181,9 @@ def training_summary(model_args, data_args, args, data: PreparedData, metrics_fn
             if demo else ""
         ),
         "hyperparameters": hyper,
-        "metrics": {task: {k: v for k, v in scores.items() if k != "confusion_matrix"} for task, scores in metrics_fn.last.items()},
-        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in metrics_fn.last.items()},
+        "metrics": {task: {k: v for k, v in scores.items() if k != "confusion_matrix"}
+                    for task, scores in last.items()},
+        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in last.items()},
     }
 
 
@@ -955,7 +1192,7 @@ def push(model, args: MultiTaskTrainingArguments):
     repo_id = args.hub_model_id or Path(args.output_dir).name
     model.training_summary["repo_id"] = repo_id
     return model.push_to_hub(repo_id, private=args.hub_private_repo, token=args.hub_token,
-                             commit_message="Upload sentence-multitask model")
+                             commit_message="Upload sentence-multitask model", revision=args.hub_revision)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
