@@ -59,7 +59,7 @@ def render_model_card(model) -> str:
         "data_note": summary.get("data_note", ""),
         "labels": "\n".join(f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()),
         "training": _training_section(summary, config),
-        "metrics": _metrics_table(metrics),
+        "metrics": _metrics_table(metrics, summary.get("metrics_note")),
         "confusion": _confusion_section(summary.get("confusion_matrices") or {}, config.tasks),
     }
     return Template(load_template()).safe_substitute(values)
@@ -89,9 +89,10 @@ def _training_section(summary: dict[str, Any], config) -> str:
     return "\n".join(lines)
 
 
-def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+def _metrics_table(metrics: dict[str, dict[str, Any]], note: str | None = None) -> str:
+    """The metrics table; without metrics, `note` (e.g. a checkpoint's), or that no evaluation was run."""
     if not metrics:
-        return "No evaluation was run for this model."
+        return note or "No evaluation was run for this model."
     rows = ["| task | accuracy | macro-F1 | macro-recall | per-class F1 |", "|---|---|---|---|---|"]
     for task, values in metrics.items():
         per_class = ", ".join(f"{label} {score:.3f}" for label, score in (values.get("per_class_f1") or {}).items())

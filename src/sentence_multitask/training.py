@@ -457,7 +457,7 @@ def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[st
         index_of = {name: i for i, name in enumerate(names)}
         ids = []
         for index, value in enumerate(dataset[column]):
-            number = None if isinstance(value, str) else label_id(value)
+            number = label_id(value)
             if is_missing_label(value):
                 ids.append(IGNORE)
             elif isinstance(value, str) and value in index_of:
@@ -723,12 +723,6 @@ class MultiTaskTrainer(Trainer):
             super()._save(output_dir, state_dict=state_dict)
         finally:
             model.training_summary = final_summary
-        card = os.path.join(output_dir, "README.md")
-        if self.args.should_save and os.path.isfile(card):
-            with open(card, encoding="utf-8") as handle:
-                text = handle.read()
-            with open(card, "w", encoding="utf-8") as handle:  # its metrics table is empty: say why
-                handle.write(text.replace("No evaluation was run for this model.", CHECKPOINT_METRICS_NOTE))
 
     def checkpoint_summary(self) -> dict[str, Any]:
         summary = dict(self.card_summary or {})
@@ -743,7 +737,7 @@ class MultiTaskTrainer(Trainer):
                 f"run of the tasks {tasks}, starting from `{base}`. It is saved to resume training; the final model "
                 "and its card, with the validation metrics, are written when training ends.")
         summary.update(data_note=(note + "\n\n" + summary["data_note"]) if summary.get("data_note") else note,
-                       hyperparameters=hyper, metrics={}, confusion_matrices={})
+                       hyperparameters=hyper, metrics={}, confusion_matrices={}, metrics_note=CHECKPOINT_METRICS_NOTE)
         return summary
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
