@@ -399,8 +399,12 @@ def test_sequential_training_writes_its_results_to_output_dir_like_joint_trainin
     for phase in ("phase1", "phase2"):
         assert sorted(name for name in os.listdir(sequential / phase) if name.endswith("_results.json")) == [
             "train_results.json"]
+    # The top-level training metrics cover the whole run: both phases, and their total time.
     final = json.loads((sequential / "train_results.json").read_text())
-    assert final == json.loads((sequential / "phase2" / "train_results.json").read_text())
+    phases = [json.loads((sequential / phase / "train_results.json").read_text()) for phase in ("phase1", "phase2")]
+    assert final == {**{f"phase{n}_{key}": value for n, phase in enumerate(phases, 1) for key, value in phase.items()},
+                     "train_runtime": phases[0]["train_runtime"] + phases[1]["train_runtime"]}
+    assert final.keys() >= {"phase1_train_loss", "phase2_train_loss"}
 
 
 # ---------------------------------------------------------------------------------------------------- 5. bad data

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -1061,7 +1061,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             raise ValueError("--primary_tasks lists every task: nothing is left for the second phase.")
 
     card_summary = training_summary(model_args, data_args, args, data, None, 0)
-    trainer, epochs = None, []
+    trainer, epochs, phase_metrics = None, [], []
     for number, active in enumerate(phases, start=1):
         if len(phases) > 1:
             logger.info("Phase %d of sequential training: tasks %s", number, active)
@@ -1087,11 +1087,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         resume = resumes[number - 1]
         train_result = trainer.train(resume_from_checkpoint=True if resume == "True" else resume)
         epochs.append(trainer.state.epoch or 0.0)
+        phase_metrics.append(train_result.metrics)
         if len(phases) > 1:
             trainer.save_metrics("train", train_result.metrics, combined=False)  # phaseN/train_results.json
     if len(phases) > 1:
         trainer.args = args  # the final results go to --output_dir as in joint mode, not into the last phase's folder
-    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", phase_metrics[0] if len(phases) == 1 else sequential_metrics(phase_metrics))
 
     # Final evaluation of every task with the final weights.
     final_metrics: dict[str, Any] = {}
@@ -1110,6 +1111,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         if args.push_to_hub:
             push(model, args)
     return final_metrics
+
+
+def sequential_metrics(phases: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The training metrics of a whole sequential run: each phase's under `phaseN_`, and the run's total time."""
+    metrics = {f"phase{number}_{key}": value for number, phase in enumerate(phases, start=1) for key, value in phase.items()}
+    metrics["train_runtime"] = sum(phase.get("train_runtime", 0.0) for phase in phases)
+    return metrics
 
 
 def _phase_args(args: MultiTaskTrainingArguments, number: int) -> MultiTaskTrainingArguments:
