@@ -136,3 +136,50 @@ def test_train_user_errors_are_one_line(tmp_path):
                f"{bad}, line 2: malformed JSON")
     result = cli("embed", "--threads", "-1", "hi")
     assert result.returncode == 2 and "--threads: '-1' is not a positive integer" in result.stderr, result.stderr
+
+
+def test_file_formats_jsonl_any_case_tables_and_text_column_refused(saved, tmp_path):
+    upper = tmp_path / "TEXTS.JSONL"  # .jsonl in any case, a UTF-8 byte order mark and a blank line are fine
+    upper.write_text("\ufeff" + "\n\n".join(json.dumps({"body": text}) for text in SENTENCES) + "\n", encoding="utf-8")
+    output = rows(cli("predict", "--model", str(saved), "--file", str(upper), "--text_column", "body"))
+    assert [row["text"] for row in output] == SENTENCES
+    for name in ("texts.csv", "texts.TSV", "texts.json", "texts.parquet"):  # tables are refused, not read as lines
+        (tmp_path / name).write_text("text,topic\nthe team won,sports\n")
+        user_error(cli("predict", "--model", str(saved), "--file", str(tmp_path / name)),
+                   f"{tmp_path / name}: --file takes plain text, one text per line, or JSON Lines (.jsonl)")
+    user_error(cli("export-onnx", "--model", str(saved), "--output", str(tmp_path / "out"), "--quantize",
+                   "--calibration_file", str(tmp_path / "texts.csv")), "--calibration_file takes plain text")
+    # --text_column given for input read as plain text is refused by name, not ignored.
+    plain = tmp_path / "texts.txt"
+    plain.write_text(json.dumps({"text": "hi"}) + "\n")
+    user_error(cli("predict", "--model", str(saved), "--file", str(plain), "--text_column", "text"),
+               f"--text_column names the text field of a .jsonl --file; {plain} is read as plain text")
+    for extra in (["--file", "-"], []):
+        user_error(cli("embed", "--model", str(saved), *extra, "--text_column", "text", stdin=plain.read_text()),
+                   "--text_column names the text field of a .jsonl --file; standard input is read as plain text")
+    # Bad JSON Lines: named as such, with file and line.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\n{"text": "b",}\n')
+    user_error(cli("predict", "--model", str(saved), "--file", str(bad)), f"{bad}, line 2: malformed JSON (")
+    bad.write_text('{"text": "a"}\n\n["b"]\n')
+    user_error(cli("predict", "--model", str(saved), "--file", str(bad)),
+               f"{bad}, line 3: expected a JSON object per line, got list")
+
+
+def test_input_that_is_not_utf8_names_file_and_line(saved, tmp_path):
+    latin1 = "ok\r\ncaf\u00e9\r\n".encode("latin-1")
+    for name in ("texts.txt", "texts.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(latin1)
+        user_error(cli("predict", "--model", str(saved), "--file", str(path)),
+                   f"error: {path}, line 2: not UTF-8 (byte 0xe9 at column 4: invalid continuation byte); "
+                   "re-encode the file as UTF-8")
+    user_error(cli("export-onnx", "--model", str(saved), "--output", str(tmp_path / "out"), "--quantize",
+                   "--calibration_file", str(tmp_path / "texts.txt")),
+               f"error: {tmp_path / 'texts.txt'}, line 2: not UTF-8")
+    with open(tmp_path / "texts.txt", "rb") as stdin:  # bytes on standard input, not a lone surrogate in a text
+        result = subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "predict", "--model", str(saved)],
+                                stdin=stdin, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                timeout=300, check=False)
+    user_error(result, "error: standard input, line 2: not UTF-8 (byte 0xe9 at column 4")
+    assert "re-encode it as UTF-8" in result.stderr and "surrogate" not in result.stderr

@@ -26,6 +26,11 @@ def test_tasks_and_defaults_come_from_the_config():
         ({"tasks": {"t": ["a", "b"]}, "head_dropout": 1.5}, "head_dropout"),
         ({"tasks": {"t": ["a", "b"]}, "task_weights": {"x": 1.0}}, "unknown task"),
         ({"tasks": {"t": ["a", "b"]}, "task_weights": {"t": -1}}, "non-negative"),
+        ({"tasks": {"t": ["a", "b"]}, "task_weights": {"t": float("nan")}}, "non-negative number, got nan"),
+        ({"tasks": {"t": ["a", "b"]}, "head_dropout": "0.1x"}, "head_dropout must be a number"),
+        ({"tasks": {"t": ["a", "b"]}, "max_length": 2.5}, "max_length must be a whole number"),
+        ({"tasks": {"average": ["a", "b"]}}, "'average' names the mean of the tasks' metrics"),
+        ({"tasks": {"t": ["sports", " sports"]}}, "label ' sports' with surrounding spaces"),
     ],
 )
 def test_bad_definitions_are_clear_errors(kwargs, message):

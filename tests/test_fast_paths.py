@@ -456,6 +456,15 @@ def test_export_never_overwrites_another_saved_model(tiny_exported, tiny_encoder
     with pytest.raises(FileExistsError, match="already holds another saved model"):
         export_onnx(model, again)
 
+    # Nor does it write its card over a README.md that is no model's.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="holds a README.md that is no model's card"):
+        export_onnx(model, project)
+    assert [p.name for p in project.iterdir()] == ["README.md"]
+    assert (project / "README.md").read_text(encoding="utf-8") == "my project"
+
 
 def test_onnx_checks_and_caps_max_length_as_the_model_does(tiny_exported):
     from sentence_multitask import SentenceMultiTaskModel

@@ -208,6 +208,14 @@ def test_empty_list_gives_empty_results_of_the_right_shape(tiny_model, tiny_pipe
     assert tiny_pipeline([]) == []  # the pipeline too: an empty batch is an empty result, not an IndexError
 
 
+def test_batch_size_takes_numpy_integers_and_refuses_other_kinds(tiny_model):
+    texts = ["one text", "another, longer text"]
+    assert np.allclose(tiny_model.encode(texts, batch_size=np.int64(1)), tiny_model.encode(texts, batch_size=2), atol=1e-6)
+    for bad in (0, -1, 1.5, True, "8", None):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            tiny_model.encode(texts, batch_size=bad)
+
+
 def test_the_pipeline_refuses_options_it_does_not_know(tiny_saved, tiny_pipeline):
     from transformers import pipeline
 
@@ -453,7 +461,17 @@ BROKEN_DIRS = {
     "model.safetensors empty": (_truncate(0), r"model\.safetensors is damaged or truncated"),
     "wrong model_type": (_edit_config(lambda c: c.update(model_type="bert")), r"config\.json has model_type 'bert'"),
     "no auto_map": (_edit_config(lambda c: c.pop("auto_map")), r"sentence-multitask"),
+    "no config.json": (lambda p: (p / "config.json").unlink(), r"config\.json"),
+    "config.json not JSON": (lambda p: (p / "config.json").write_text("{not json"), r"config\.json.* not (a )?valid JSON"),
 }
+
+
+def test_a_hub_id_offline_names_offline_mode_not_a_broken_save(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"nobody/no-such-model: not a local folder, and the Hub could not be reached or "
+                                      r"offline mode is on") as error:
+        SentenceMultiTaskModel.from_pretrained("nobody/no-such-model")
+    assert "save_pretrained wrote" in str(error.value) and "save it again" not in str(error.value)
 
 
 @pytest.mark.parametrize("case", list(BROKEN_DIRS))

@@ -34,6 +34,8 @@ from sentence_multitask.training import (
     MultiTaskSampler,
     MultiTaskTrainer,
     MultiTaskTrainingArguments,
+    load_source,
+    parse_specs,
     prepare_data,
     source_shares,
 )
@@ -458,7 +460,29 @@ BAD_DATA = {
         ["--tasks", "topic"],
         r"bad\.jsonl \(train\), line 2: the text is empty",
     ),
+    "number as text": (
+        ['{"text": "a", "topic": "sports"}', '{"text": 42, "topic": "tech"}'],
+        ["--tasks", "topic"],
+        r"bad\.jsonl \(train\), line 2: the text is 42 \(int\), not a string",
+    ),
 }
+
+
+def test_json_files_with_a_byte_order_mark_or_leading_blanks_load(tmp_path):
+    rows = [{"text": "a", "topic": "sports"}, {"text": "b", "topic": "tech"}]
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
+    array = tmp_path / "array.json"
+    array.write_text("\n  " + json.dumps(rows), encoding="utf-8")
+    for path in (bom, array):
+        assert load_source(parse_specs([f"topic={path}"])[0], "train").to_list() == rows, path.name
+
+
+def test_a_file_the_parser_rejects_is_named_with_the_parsers_reason(tmp_path):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("text,topic\na,sports\nb,tech,extra,more\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"ragged\.csv: could not be read as CSV: .*\(.*[Ee]xpected 2 fields"):
+        load_source(parse_specs([f"topic={ragged}"])[0], "train")
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
@@ -608,6 +632,111 @@ def test_unknown_task_prefix_hint_fits_train_and_evaluate(tmp_path, data_dir, ti
     with pytest.raises(DataError, match=hint) as evaluated:  # `evaluate` has no --tasks option
         evaluate_model(model, [spec])
     assert "--tasks" not in str(trained.value) + str(evaluated.value)
+
+
+def test_label_columns_naming_no_task_is_an_error_in_train_and_evaluate(tmp_path, tiny_encoder, tiny_tokenizer):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.evaluation import evaluate_model
+
+    # `label` holds other labels than `category`: a misspelt task must not silently fall back to it.
+    rows = [{"text": text, "category": topic, "label": "tech"} for topic, texts in TOPIC_TEXT.items() for text in texts]
+    spec = "topic=" + write_jsonl(tmp_path / "two_columns.jsonl", rows)
+    message = r"--label_columns names task\(s\) \['topc'\], but the tasks are \['topic'\]"
+    with pytest.raises(DataError, match=message):
+        prepare_data(DataArguments(train_files=[spec], label_columns=["topc=category"]), tiny_tokenizer)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"topic": sorted(TOPIC_TEXT)})
+    with pytest.raises(DataError, match=message):
+        evaluate_model(model, [spec], label_columns=["topc=category"])
+    assert evaluate_model(model, [spec], label_columns=["topic=category"])["tasks"]["topic"]["support"] == len(rows)
+
+
+def test_evaluate_refuses_data_without_labels_and_words_the_fix_for_evaluate(tmp_path, tiny_encoder):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.evaluation import evaluate_model
+
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"topic": sorted(TOPIC_TEXT)})
+    unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"text": "a match", "topic": None}] * 2)
+    with pytest.raises(ValueError, match=r"No row of .*unlabelled.jsonl has a label for the model's tasks"):
+        evaluate_model(model, [f"topic={unlabelled}"])
+    unknown = write_jsonl(tmp_path / "unknown.jsonl", [{"text": "a recipe", "topic": "cooking"}])
+    with pytest.raises(DataError, match="unknown label 'cooking'") as error:
+        evaluate_model(model, [f"topic={unknown}"])
+    assert "--labels" not in str(error.value)  # an option of train, not of evaluate
+
+
+@pytest.mark.parametrize("option", ["--max_train_samples", "--max_eval_samples"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_row_limits_below_one_are_refused(option, value, tmp_path, data_dir, tiny_encoder):
+    with pytest.raises(ValueError, match=rf"{option} must be at least 1 .*got {value}"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "out", "--train_files", str(data_dir / "both.jsonl"),
+                                option, value))
+    assert not (tmp_path / "out").exists()
+
+
+def test_validation_without_labels_is_skipped_and_the_model_saved(tmp_path, data_dir, tiny_encoder):
+    unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"text": row["text"], "topic": None, "sentiment": None}
+                                                             for row in make_rows(6, seed=5)])
+    out = tmp_path / "out"
+    metrics = training.main(tiny_args(tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"),
+                                      "--validation_files", unlabelled, "--tasks", "topic", "sentiment", "--max_steps",
+                                      "2", "--eval_strategy", "steps", "--eval_steps", "1"))
+    assert metrics == {}
+    assert (out / "model.safetensors").is_file()
+
+
+def test_sequential_phase_without_validation_rows_is_not_evaluated(tmp_path, data_dir, tiny_encoder):
+    # The validation data labels only the primary task: phase 2 (sentiment) has nothing to evaluate.
+    out = tmp_path / "out"
+    metrics = training.main(tiny_args(tiny_encoder, out, "--train_files", str(data_dir / "both.jsonl"),
+                                      "--validation_files", f"topic={data_dir / 'topic.jsonl'}", "--tasks", "topic",
+                                      "sentiment", "--training_mode", "sequential", "--primary_tasks", "topic",
+                                      "--num_train_epochs", "1", "--eval_strategy", "epoch"))
+    assert "eval_topic_accuracy" in metrics and "eval_sentiment_accuracy" not in metrics
+    assert (out / "model.safetensors").is_file()
+
+
+def test_output_dir_files_the_save_would_overwrite_are_refused(tmp_path, data_dir, tiny_encoder):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "README.md").write_text("my project", encoding="utf-8")
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "1"]
+    with pytest.raises(FileExistsError, match=r"holds README.md, which saving the model would overwrite"):
+        training.main(tiny_args(tiny_encoder, out, *options))
+    assert (out / "README.md").read_text(encoding="utf-8") == "my project"
+    training.main(tiny_args(tiny_encoder, out, *options, "--overwrite_model"))  # asked for: replaced
+    assert (out / "config.json").is_file()
+    with pytest.raises(FileExistsError, match=r"--output_dir .*afile is a file"):
+        (tmp_path / "afile").write_text("x", encoding="utf-8")
+        training.main(tiny_args(tiny_encoder, tmp_path / "afile", *options))
+
+
+def test_model_sources_are_checked_before_any_work(tmp_path, data_dir, tiny_encoder):
+    options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "1"]
+    for option in ("--model_name_or_path", "--encoder"):
+        with pytest.raises(FileNotFoundError, match=rf"{option} {tmp_path}/nope does not exist"):
+            training.main(tiny_args(tiny_encoder, tmp_path / "out", *options, option, str(tmp_path / "nope")))
+    saved = tmp_path / "saved"
+    training.main(tiny_args(tiny_encoder, saved, *options))
+    with pytest.raises(ValueError, match="is a saved sentence-multitask model, not an encoder: continue training it "
+                                         "with --model_name_or_path"):
+        training.main(tiny_args(str(saved), tmp_path / "out", *options))
+
+
+def test_train_usage_errors_are_one_line(tmp_path, data_dir, tiny_encoder):
+    """Unknown options and bad options files end in one `error:` line (the CLI shows errors this package raises)."""
+    from sentence_multitask.cli import _raised_by_this_package
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    unknown_key = tmp_path / "unknown.json"
+    unknown_key.write_text(json.dumps({"trian_files": ["x.jsonl"]}), encoding="utf-8")
+    cases = [(tiny_args(tiny_encoder, tmp_path / "out", "--trian_files", "x.jsonl"), "unknown options"),
+             ([str(broken)], "options file .*broken.json"), ([str(tmp_path / "missing.json")], "options file"),
+             ([str(unknown_key)], "options file .*trian_files")]
+    for argv, message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            training.parse_args(argv)
+        assert _raised_by_this_package(error.value), argv
 
 
 # ---------------------------------------------------------------------------------------------------- 6. resume

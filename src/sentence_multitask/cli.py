@@ -7,6 +7,7 @@ Heavy libraries are imported inside each command, so `predict` on one sentence d
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import sys
@@ -15,46 +16,100 @@ from collections.abc import Sequence
 
 
 def read_texts(args) -> list[str]:
-    """Texts from arguments, else from --file (one per line, or JSON Lines with --text_column), else stdin."""
+    """Texts from arguments, else from --file (one per line, or JSON Lines), else stdin (one per line)."""
     if args.texts and args.file:
         raise SystemExit("error: give texts as arguments or with --file, not both.")
     if args.texts:
+        if args.text_column is not None:
+            raise SystemExit("error: --text_column names the text field of a .jsonl --file; texts given as arguments "
+                             "are used as they are: drop --text_column.")
         return list(args.texts)
-    if args.file:
-        if args.file != "-" and not os.path.isfile(args.file):
-            raise SystemExit(f"error: {args.file}: no such file.")
-        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-        with handle:
-            lines = _lines(handle.read())
-        return _texts_from_lines(lines, args.file, args.text_column)
-    if sys.stdin.isatty():
+    if not args.file and sys.stdin.isatty():
         raise SystemExit("error: no texts: pass them as arguments, with --file PATH, or on standard input.")
-    return _texts_from_lines(_lines(sys.stdin.read()), "<stdin>", args.text_column)
+    return read_text_file(args.file or "-", "--file", args.text_column)
+
+
+# Table formats --file does not parse, with the pandas reader that converts them to JSON Lines.
+_TABLE_READERS = {".csv": "read_csv(PATH)", ".tsv": "read_csv(PATH, sep='\\t')", ".json": "read_json(PATH)",
+                  ".parquet": "read_parquet(PATH)"}
+
+
+def read_text_file(path: str, option: str, text_column: str | None) -> list[str]:
+    """
+    The texts of `path` (`-`: standard input), given with `option`: JSON Lines when the name ends in .jsonl (any case),
+    text in the field `text_column` (None: "text") of each non-blank line; else one text per line. Table formats,
+    and a `text_column` for input that is not JSON Lines, are refused rather than read as lines of text.
+    """
+    if path != "-" and not os.path.isfile(path):
+        raise SystemExit(f"error: {path}: no such file.")
+    suffix = "" if path == "-" else os.path.splitext(path)[1].lower()
+    if suffix in _TABLE_READERS:
+        convert = f"pandas.{_TABLE_READERS[suffix].replace('PATH', repr(path))}.to_json('texts.jsonl', " \
+                  "orient='records', lines=True, force_ascii=False)"
+        raise SystemExit(f"error: {path}: {option} takes plain text, one text per line, or JSON Lines (.jsonl) with a "
+                         f"{text_column or 'text'!r} field per line (or name it with --text_column), not "
+                         f"{suffix[1:].upper()}; convert it, e.g. {convert}"
+                         + (", or rename it *.jsonl if it holds JSON Lines." if suffix == ".json" else "."))
+    jsonl = suffix == ".jsonl"
+    if text_column is not None and not jsonl:
+        source = "standard input is" if path == "-" else f"{path} is"
+        raise SystemExit(f"error: --text_column names the text field of a .jsonl {option}; {source} read as plain "
+                         "text, one text per line: drop --text_column, or give JSON Lines as a file named *.jsonl.")
+    lines = _read_lines(path)
+    return _texts_from_json_lines(lines, path, text_column or "text") if jsonl else lines
+
+
+def _read_lines(path: str) -> list[str]:
+    """The lines of `path` (`-`: standard input) as UTF-8 (a byte order mark at the start is dropped), with universal
+    newlines; a byte that is not UTF-8 is an error naming the line, not a crash or a lone surrogate in a text."""
+    if path == "-":
+        stdin = sys.stdin
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
+    else:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[:error.start]
+        number = before.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+        column = error.start - max(before.rfind(b"\n"), before.rfind(b"\r"))
+        name, fix = ("standard input", "re-encode it") if path == "-" else (path, "re-encode the file")
+        raise SystemExit(f"error: {name}, line {number}: not UTF-8 (byte 0x{data[error.start]:02x} at column {column}: "
+                         f"{error.reason}); {fix} as UTF-8, e.g. with `iconv -f latin1 -t utf-8`.") from None
+    return _lines(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _lines(text: str) -> list[str]:
-    """One line per newline (files are read with universal newlines, so also per \\r\\n or \\r). Not str.splitlines,
-    which also splits at characters a text or a JSON string may hold (U+2028, U+0085, form feed ...): the outputs would
-    no longer line up with the input lines, and JSON Lines this command wrote could not be read back."""
+    """One line per newline (after universal newlines, so also per \\r\\n or \\r). Not str.splitlines, which also
+    splits at characters a text or a JSON string may hold (U+2028, U+0085, form feed ...): the outputs would no longer
+    line up with the input lines, and JSON Lines this command wrote could not be read back."""
     lines = text.split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
-def _texts_from_lines(lines: list[str], name: str, text_column: str) -> list[str]:
-    if name.endswith(".jsonl"):
-        texts = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)[text_column]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise SystemExit(f"error: {name}, line {number}: no {text_column!r} in a JSON object ({error}).")
-            if not isinstance(text, str):
-                raise SystemExit(f"error: {name}, line {number}: {text_column!r} is {type(text).__name__}, not a string.")
-            texts.append(text)
-        return texts
-    return lines
+def _texts_from_json_lines(lines: list[str], name: str, text_column: str) -> list[str]:
+    texts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"error: {name}, line {number}: malformed JSON ({error.msg}); fix or remove the line.") \
+                from None
+        if not isinstance(value, dict):
+            raise SystemExit(f"error: {name}, line {number}: expected a JSON object per line, got "
+                             f"{type(value).__name__}.")
+        if text_column not in value:
+            raise SystemExit(f"error: {name}, line {number}: no {text_column!r} in the JSON object (keys: "
+                             f"{', '.join(map(str, value)) or 'none'}); name the text field with --text_column.")
+        text = value[text_column]
+        if not isinstance(text, str):
+            raise SystemExit(f"error: {name}, line {number}: {text_column!r} is {type(text).__name__}, not a string.")
+        texts.append(text)
+    return texts
 
 
 def recheck_option(sub) -> None:
@@ -179,11 +234,11 @@ def cmd_export_onnx(args) -> int:
     if args.calibration_file:
         if not args.quantize:
             raise SystemExit("error: --calibration_file prepares the int8 graph: add --quantize.")
-        if not os.path.isfile(args.calibration_file):
-            raise SystemExit(f"error: {args.calibration_file}: no such file.")
-        with open(args.calibration_file, encoding="utf-8") as handle:
-            calibration_texts = [text for text in _texts_from_lines(_lines(handle.read()), args.calibration_file,
-                                                                   args.text_column) if text.strip()]
+        calibration_texts = [text for text in read_text_file(args.calibration_file, "--calibration_file",
+                                                             args.text_column) if text.strip()]
+    elif args.text_column is not None:
+        raise SystemExit("error: --text_column names the text field of a .jsonl --calibration_file: add one, or drop "
+                         "--text_column.")
     args.device, args.backend = "cpu", "torch"
     model = load_model(args.model, args)
     folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
@@ -219,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     def inference(name, help_text):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("texts", nargs="*", help="Texts (default: --file, else one per line on standard input).")
-        sub.add_argument("--file", help="Text file, one text per line, or .jsonl with --text_column; - for stdin.")
-        sub.add_argument("--text_column", "--text-column", default="text", help="Text key of .jsonl input.")
+        sub.add_argument("--file", help="Text file, one text per line, or JSON Lines (.jsonl) with a text field; - "
+                                        "for stdin (one text per line).")
+        sub.add_argument("--text_column", "--text-column", help="Text field of a .jsonl --file (default: text).")
         sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
         sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
         sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
@@ -263,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="With --quantize: a few hundred texts like the model's inputs (one per line, or .jsonl with "
                           "--text_column), e.g. training texts; smooths activation outliers first, so int8 keeps "
                           "more of fp32's labels.")
-    sub.add_argument("--text_column", "--text-column", default="text", help="Text key of a .jsonl calibration file.")
+    sub.add_argument("--text_column", "--text-column",
+                     help="Text field of a .jsonl calibration file (default: text).")
     sub.add_argument("--threads", type=positive_int)
     sub.set_defaults(run=cmd_export_onnx)
 

@@ -7,6 +7,7 @@ transformers (and the standard library).
 from __future__ import annotations
 
 import json
+import math
 from typing import ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
@@ -74,18 +75,19 @@ class SentenceMultiTaskConfig(PretrainedConfig):
         self.tasks = _check_tasks(self.tasks or {})
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"Unknown pooling mode {self.pooling!r}: use one of {', '.join(POOLING_MODES)}.")
-        if not 0.0 <= float(self.head_dropout) < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}.")
-        if self.head_hidden_size is not None and int(self.head_hidden_size) < 1:
-            raise ValueError(f"head_hidden_size must be a positive integer, got {self.head_hidden_size}.")
-        if int(self.max_length) < 2:
-            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}.")
+        if isinstance(self.head_dropout, bool) or not isinstance(self.head_dropout, (int, float)) \
+                or not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be a number in [0, 1), got {self.head_dropout!r}.")
+        if self.head_hidden_size is not None and not _whole(self.head_hidden_size, 1):
+            raise ValueError(f"head_hidden_size must be a positive integer, got {self.head_hidden_size!r}.")
+        if not _whole(self.max_length, 2):
+            raise ValueError(f"max_length must be a whole number of at least 2 tokens, got {self.max_length!r}.")
         weights = dict(self.task_weights or {})
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:
             raise ValueError(f"task_weights names unknown task(s) {unknown}; the tasks are {list(self.tasks)}.")
         for task, weight in weights.items():
-            if not isinstance(weight, (int, float)) or weight < 0:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
                 raise ValueError(f"task_weights[{task!r}] must be a non-negative number, got {weight!r}.")
         self.task_weights = weights or None
         # Lets `pipeline(model=dir, trust_remote_code=True)` find the pipeline saved with the model.
@@ -131,6 +133,12 @@ class SentenceMultiTaskConfig(PretrainedConfig):
         return float((self.task_weights or {}).get(task, 1.0))
 
 
+def _whole(value, minimum: int) -> bool:
+    """`value` is a whole number (an int, or a float such as 256.0 that a JSON file may hold) of at least `minimum`."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and float(value).is_integer()
+            and value >= minimum)
+
+
 def _check_tasks(tasks) -> dict[str, list[str]]:
     if not isinstance(tasks, dict):
         raise TypeError(
@@ -143,6 +151,8 @@ def _check_tasks(tasks) -> dict[str, list[str]]:
             raise ValueError(f"Task names must be non-empty strings, got {task!r}.")
         if "." in task or task != task.strip():
             raise ValueError(f"Task name {task!r} may not contain a dot or surrounding spaces; rename it.")
+        if task == "average":  # the metrics' average_accuracy etc. would be taken for the task's own
+            raise ValueError("'average' names the mean of the tasks' metrics; give the task another name.")
         if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
             raise TypeError(f"Labels of task {task!r} must be a list of names, got {labels!r}.")
         labels = list(labels)
@@ -151,6 +161,9 @@ def _check_tasks(tasks) -> dict[str, list[str]]:
         for label in labels:
             if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"Task {task!r} has an empty or non-string label {label!r}; labels are names.")
+            if label != label.strip():  # ' sports' and 'sports' would be two classes
+                raise ValueError(f"Task {task!r} has label {label!r} with surrounding spaces; strip them (in the "
+                                 "data, too).")
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             raise ValueError(f"Task {task!r} lists label(s) {duplicates} more than once; each label must be unique.")

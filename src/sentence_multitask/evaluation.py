@@ -10,6 +10,7 @@ import numpy as np
 from .training import (
     IGNORE,
     MultiTaskMetrics,
+    check_label_types,
     encode_labels,
     load_source,
     parse_key_values,
@@ -30,12 +31,16 @@ def evaluate_model(model, data: Sequence[str], text_column: str = "text", label_
     for spec in parse_specs(data):
         dataset = load_source(spec, "evaluation")
         columns = resolve_columns(spec, dataset, list(tasks), columns_by_task, text_column, "evaluation")
+        check_label_types(spec, dataset, columns, "evaluation")
         ids = encode_labels(spec, dataset, columns, tasks, text_column, "evaluation")
         probabilities = model.predict_proba(dataset[text_column], batch_size=batch_size)
         for task, task_ids in ids.items():
             predicted[task].append(probabilities[task].argmax(-1).numpy())
             references[task].append(np.asarray(task_ids))
         rows += len(dataset)
+    if not any((values != IGNORE).any() for parts in references.values() for values in parts):
+        raise ValueError(f"No row of {', '.join(data)} has a label for the model's tasks {list(tasks)}: there is "
+                         "nothing to score. Fill the label columns (--label_columns TASK=COLUMN names them).")
     metrics = MultiTaskMetrics(tasks)
     flat = metrics.score(
         {task: np.concatenate(values) for task, values in predicted.items() if values},

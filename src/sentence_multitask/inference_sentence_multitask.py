@@ -195,8 +195,9 @@ def length_sorted_batches(
     at most `batch_size` texts and, with `token_cap`, at most that many tokens per batch (but always one text).
     `progress_bar` is a tqdm-like class, shown by default for `PROGRESS_BAR_MIN_TEXTS` texts or more.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = int(batch_size)  # numpy integers too
     ids = tokenize(texts)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     if show_progress_bar is None:

@@ -139,9 +139,21 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         if problem:
             raise FileNotFoundError(f"{source} {problem}: pass the folder save_pretrained wrote (config.json and "
                                     "model.safetensors), or a Hub id such as 'user/model'.")
+        if os.path.isdir(source) and not os.path.isfile(os.path.join(source, kwargs.get("subfolder", ""), "config.json")):
+            raise FileNotFoundError(f"{source} has no config.json: a sentence-multitask model is the folder "
+                                    "save_pretrained wrote, with config.json beside model.safetensors. Copy the "
+                                    "config.json saved with these weights into it.")
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         except OSError as error:
+            text = str(error)
+            if "valid JSON" in text:
+                raise OSError(f"{source}/config.json is not valid JSON ({error}); restore the config.json saved with "
+                              "the model.") from error
+            if not os.path.isdir(source) and ("connect" in text or "offline" in text.lower()):
+                raise OSError(f"{source}: not a local folder, and the Hub could not be reached or offline mode is on "
+                              f"({text.splitlines()[0]}). Check the name, load it once while online (it is then "
+                              "cached), or give the folder save_pretrained wrote.") from error
             raise OSError(
                 f"{source}: could not load the model's weights ({error}). A sentence-multitask model needs "
                 "config.json and model.safetensors side by side; save it again with save_pretrained."

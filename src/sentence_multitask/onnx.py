@@ -127,6 +127,9 @@ def _export(model: SentenceMultiTaskModel, output_dir: Path, quantize: bool, cal
         raise FileExistsError(f"{output_dir} already holds another saved model, which the export would overwrite: "
                               "export into a new folder, into the folder the model was loaded from, or into one that "
                               "holds an earlier export of this model.")
+    if (output_dir / "README.md").is_file() and not (output_dir / "config.json").is_file():
+        raise FileExistsError(f"{output_dir} holds a README.md that is no model's card; the export writes the model "
+                              "card there. Export into a new folder.")
     model.save_pretrained(output_dir)
     folder = output_dir / ONNX_FOLDER
     folder.mkdir(parents=True, exist_ok=True)

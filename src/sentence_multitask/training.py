@@ -29,7 +29,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 
 from . import REFERENCE_TASKS, SentenceMultiTaskModel
-from .inference_sentence_multitask import max_tokens
+from .inference_sentence_multitask import max_tokens, not_a_model_folder
 
 logger = logging.getLogger("sentence_multitask.training")
 
@@ -105,11 +105,15 @@ class DataArguments:
 
     def __post_init__(self):
         # A shorter limit trains a model that cannot be loaded again (and --overwrite_model would replace a good one).
-        if self.max_length is None:
-            return
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+        if self.max_length is not None and (isinstance(self.max_length, bool) or not isinstance(self.max_length, int)
+                                            or self.max_length < 2):
             raise ValueError(f"--max_length must be a whole number of at least 2 tokens (a text needs [CLS] and "
                              f"[SEP]), got {self.max_length!r}.")
+        for option in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, option)
+            if value is not None and value < 1:
+                raise ValueError(f"--{option} must be at least 1 (rows per file), got {value}; leave it out to use "
+                                 "every row.")
 
 
 @dataclass
@@ -219,8 +223,20 @@ def parse_args(argv: Sequence[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        try:
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"options file {argv[0]}: {error}. Give a JSON object of training options, "
+                             "e.g. {\"train_files\": [\"data.jsonl\"]}.") from None
+        except ValueError as error:  # keys that are no option
+            raise ValueError(f"options file {argv[0]}: {error}. See `sentence-multitask train --help`.") from None
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:
+        if "not used by the HfArgumentParser" not in str(error):
+            raise
+        raise ValueError(f"{error}: unknown options or stray values. See `sentence-multitask train --help` (options "
+                         "take the form --name value).") from None
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -304,7 +320,9 @@ def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> data
         try:
             dataset = datasets.load_dataset(builder, data_files=path, split="train")
         except Exception as error:  # datasets wraps parser errors in several exception types
-            raise DataError(f"{path}: could not be read as {builder.upper()}: {error}") from error
+            cause = error.__cause__ or error.__context__  # the parser's own message, e.g. the bad line
+            detail = f"{error} ({cause})" if cause is not None and str(cause) not in str(error) else str(error)
+            raise DataError(f"{path}: could not be read as {builder.upper()}: {detail}") from error
     if len(dataset) == 0:
         raise DataError(f"{spec.name} ({split}): no rows; give a file or split with labelled examples.")
     if max_rows is not None and len(dataset) > max_rows:
@@ -312,16 +330,18 @@ def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> data
     return dataset
 
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors (and Excel) write first
+
+
 def _check_json_lines(path: str) -> None:
     """JSON Lines must be UTF-8 with one object per line; name the first bad line."""
     with open(path, "rb") as handle:
-        first = handle.read(1)
-        handle.seek(0)
-        if first == b"[":
+        if handle.read(4096).removeprefix(BOM).lstrip().startswith(b"["):
             return  # a JSON array file
+        handle.seek(0)
         for number, raw in enumerate(handle, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = (raw.removeprefix(BOM) if number == 1 else raw).decode("utf-8")  # the reader skips a BOM too
             except UnicodeDecodeError as error:
                 raise DataError(f"{path}, line {number}: not UTF-8 ({error}); re-encode the file as UTF-8.") from None
             if not line.strip():
@@ -392,6 +412,10 @@ def label_column_for(task: str, dataset: datasets.Dataset, label_columns: dict[s
 
 def resolve_columns(spec, dataset, tasks, label_columns, text_column, split) -> dict[str, str]:
     """Which column holds which task's labels in this source; errors name the missing column."""
+    stray = [task for task in label_columns if task not in tasks]
+    if stray:  # a misspelt task would otherwise fall back to a column named like the task, or `label`
+        raise DataError(f"--label_columns names task(s) {stray}, but the tasks are {list(tasks)}; give TASK=COLUMN "
+                        "for those.")
     if text_column not in dataset.column_names:
         raise DataError(
             f"{spec.name} ({split}): no text column {text_column!r}; its columns are {dataset.column_names}. "
@@ -446,7 +470,12 @@ def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict
 def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[str, list[int]]:
     """Check every text and label before training starts; return label ids per task (-100 = no label)."""
     for index, text in enumerate(dataset[text_column]):
-        if not isinstance(text, str) or not text.strip():
+        if text is not None and not isinstance(text, str):
+            raise DataError(
+                f"{spec.name} ({split}), {row_name(spec, index)}: the text is {text!r} ({type(text).__name__}), not "
+                f"a string; make column {text_column!r} hold texts (in JSON, quote them)."
+            )
+        if text is None or not text.strip():
             raise DataError(
                 f"{spec.name} ({split}), {row_name(spec, index)}: the text is empty or missing ({text!r}); "
                 "remove the row or fill in its text."
@@ -471,7 +500,8 @@ def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[st
                 raise DataError(
                     f"{spec.name} ({split}), {row_name(spec, index)}: unknown {kind} {value!r} for task {task!r} "
                     f"(column {column!r}); the labels are {names} (or their ids 0-{len(names) - 1}, whole numbers). "
-                    f"Fix the row or add the label with --labels {task}=..."
+                    + ("Fix the row: the model was trained on these labels." if split == "evaluation" else
+                       f"Fix the row or add the label with --labels {task}=...")
                 )
         encoded[task] = ids
     return encoded
@@ -893,16 +923,51 @@ def usable_max_length(max_length: int, encoder_config, tokenizer) -> int:
     return used
 
 
+# Files `save_pretrained` writes into --output_dir besides config.json (the code files end in CODE_SUFFIX).
+MODEL_FILES = ("README.md", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt")
+CODE_SUFFIX = "_sentence_multitask.py"
+
+
+def check_model_sources(model_args: ModelArguments) -> None:
+    """--model_name_or_path and --encoder name a folder that exists (or a Hub id), and --encoder is no saved
+    sentence-multitask model; checked before any data is read."""
+    for option, source in (("--model_name_or_path", model_args.model_name_or_path), ("--encoder", model_args.encoder)):
+        problem = not_a_model_folder(source) if source else None
+        if problem:
+            raise FileNotFoundError(f"{option} {source} {problem}: give a model folder or a Hub id.")
+    config = os.path.join(model_args.encoder or "", "config.json")
+    if model_args.encoder and os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as handle:
+                model_type = json.load(handle).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if model_type == SentenceMultiTaskModel.config_class.model_type:
+            raise ValueError(f"--encoder {model_args.encoder} is a saved sentence-multitask model, not an encoder: "
+                             "continue training it with --model_name_or_path instead.")
+
+
 def check_output_dir(args: MultiTaskTrainingArguments) -> None:
     """Refuse to overwrite a saved model unless asked, and to mix a new run with an older run's checkpoints; before
     any work is done."""
     if not args.output_dir:
         return
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise FileExistsError(f"--output_dir {args.output_dir} is a file; give a folder (new or empty) for the model.")
     if os.path.isfile(os.path.join(args.output_dir, "config.json")):
         if not (args.overwrite_model or args.resume_from_checkpoint):
             raise FileExistsError(
                 f"{args.output_dir} already holds a saved model. Choose another --output_dir, or pass "
                 "--overwrite_model to replace it."
+            )
+    elif os.path.isdir(args.output_dir) and not (args.overwrite_model or args.resume_from_checkpoint):
+        # Not a model, but files the model's save would write over without a word (a project's README.md, say).
+        taken = sorted(name for name in os.listdir(args.output_dir) if name in MODEL_FILES or name.endswith(CODE_SUFFIX))
+        if taken:
+            raise FileExistsError(
+                f"{args.output_dir} holds {', '.join(taken)}, which saving the model would overwrite. Choose another "
+                "--output_dir (a new or empty folder), or pass --overwrite_model to replace them."
             )
     if not args.resume_from_checkpoint:
         # A later --resume_from_checkpoint True would pick the highest checkpoint-N, which could be the older run's.
@@ -1028,6 +1093,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
     from .modeling_sentence_multitask import load_tokenizer
 
+    check_model_sources(model_args)
     source = model_args.model_name_or_path or model_args.encoder or SentenceMultiTaskModel.default_encoder
     saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path)
              if model_args.model_name_or_path else None)
@@ -1045,6 +1111,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     if model_args.freeze_encoder:
         model.encoder.requires_grad_(False)
     metrics_fn = MultiTaskMetrics(data.tasks)
+    if data.validation is not None and len(_rows_with_labels(data.validation, list(data.tasks))) == 0:
+        logger.warning("No validation row has a label for any task: evaluation is skipped.")
+        data.validation = None
     if data.validation is None and args.eval_strategy != "no":
         logger.warning("No validation data: evaluation is skipped.")
         args.eval_strategy = "no"
@@ -1074,6 +1143,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             phase_args = _phase_args(args, number)
         train_set = _rows_with_labels(data.train, active)
         eval_set = _rows_with_labels(data.validation, active) if data.validation is not None else None
+        if eval_set is not None and len(eval_set) == 0:
+            logger.warning("No validation row has a label for %s: phase %d is not evaluated.", active, number)
+            eval_set = None
+            phase_args = _replace_args(phase_args, eval_strategy="no", load_best_model_at_end=False)
         trainer = MultiTaskTrainer(
             model=model,
             args=phase_args,
@@ -1120,19 +1193,22 @@ def sequential_metrics(phases: Sequence[Mapping[str, float]]) -> dict[str, float
     return metrics
 
 
-def _phase_args(args: MultiTaskTrainingArguments, number: int) -> MultiTaskTrainingArguments:
+def _replace_args(args: MultiTaskTrainingArguments, **changes) -> MultiTaskTrainingArguments:
     values = {f.name: getattr(args, f.name) for f in args.__dataclass_fields__.values() if f.init}
-    values["output_dir"] = os.path.join(args.output_dir, f"phase{number}")
-    values["push_to_hub"] = False
-    values["resume_from_checkpoint"] = None  # train() resumes each phase from its own checkpoint (resume_plan)
+    return MultiTaskTrainingArguments(**{**values, **changes})
+
+
+def _phase_args(args: MultiTaskTrainingArguments, number: int) -> MultiTaskTrainingArguments:
+    changes = {"output_dir": os.path.join(args.output_dir, f"phase{number}"), "push_to_hub": False,
+               "resume_from_checkpoint": None}  # train() resumes each phase from its own checkpoint (resume_plan)
     if number == 2:
-        values["load_best_model_at_end"] = False
+        changes["load_best_model_at_end"] = False
         metric = (args.metric_for_best_model or "").removeprefix("eval_")
         if metric and any(metric.startswith(f"{task}_") for task in args.primary_tasks):
-            values["metric_for_best_model"] = "loss"  # phase 2 evaluates the other tasks only
+            changes["metric_for_best_model"] = "loss"  # phase 2 evaluates the other tasks only
         if args.head_learning_rate is not None:
-            values["learning_rate"] = args.head_learning_rate
-    return MultiTaskTrainingArguments(**values)
+            changes["learning_rate"] = args.head_learning_rate
+    return _replace_args(args, **changes)
 
 
 def _rows_with_labels(dataset: datasets.Dataset | None, tasks: Sequence[str]) -> datasets.Dataset | None:
