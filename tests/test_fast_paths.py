@@ -491,3 +491,26 @@ def test_onnx_model_without_tokenizer_files_is_refused_by_name(tiny_exported, tm
         (path / name).unlink()
     with pytest.raises(OSError, match=r"missing tokenizer\.json, tokenizer_config\.json.*tokenizer\.save_pretrained"):
         OnnxSentenceMultiTask.from_pretrained(path)
+
+
+def test_many_calibration_texts_are_sampled_down(tiny_encoder, tmp_path, monkeypatch):
+    """More than 512 calibration texts are sampled (seeded) to 512: calibration time grows with them, the ranges
+    hardly do. Smoothing itself is stubbed here: only the texts it gets are checked (the tiny encoder, for speed)."""
+    import shutil
+
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask import onnx as onnx_module
+
+    seen = []
+
+    def smooth(source, target, model, texts, **kwargs):
+        seen.append(list(texts))
+        shutil.copy(source, target)
+
+    monkeypatch.setattr(onnx_module, "smooth_activations", smooth)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"t": ["a", "b"]})
+    texts = [f"text number {i}" for i in range(2000)]
+    for folder in ("first", "second"):
+        onnx_module.export_onnx(model, tmp_path / folder, quantize=True, calibration_texts=texts)
+    assert len(seen[0]) == len(set(seen[0])) == onnx_module.MAX_CALIBRATION_TEXTS and set(seen[0]) <= set(texts)
+    assert seen[0] == seen[1]  # the same sample every time

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -1075,8 +1076,9 @@ def test_hub_revision_is_where_the_final_model_is_pushed(tmp_path, data_dir, tin
 
 def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(tmp_path, data_dir, tiny_encoder,
                                                                                monkeypatch):
-    """--overwrite_model replaces the model, not the checkpoints: a later --resume_from_checkpoint True would resume
-    the older run. --resume_from_checkpoint takes true/yes/1 in any case."""
+    """A new run never mixes with an older run's checkpoints (a later --resume_from_checkpoint True would resume the
+    older run): refused, unless --overwrite_model replaces that run. --resume_from_checkpoint takes true/yes/1 in any
+    case."""
     out = tmp_path / "out"
     options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "2",
                "--save_strategy", "steps", "--save_steps", "1"]
@@ -1084,10 +1086,13 @@ def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(t
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     with monkeypatch.context() as patch:
         patch.setattr(training, "prepare_data", lambda *a, **k: pytest.fail("data was loaded before the check"))
-        for extra in (["--overwrite_model"], ["--overwrite_model", "--resume_from_checkpoint", "false"]):
+        only = tmp_path / "only-checkpoints"  # a run that died before saving its model
+        for name in ("checkpoint-1", "checkpoint-2"):
+            shutil.copytree(out / name, only / name)
+        for extra in ([], ["--resume_from_checkpoint", "false"]):
             with pytest.raises(FileExistsError, match=r"checkpoint-1, checkpoint-2\). Resume that run with "
-                               r"--resume_from_checkpoint, or move or remove"):
-                training.main(tiny_args(tiny_encoder, out, *options, *extra))
+                               r"--resume_from_checkpoint, or pass --overwrite_model to replace that run"):
+                training.main(tiny_args(tiny_encoder, only, *options, *extra))
         with pytest.raises(FileNotFoundError, match=r"--resume_from_checkpoint .*missing: no such folder"):
             training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", str(out / "missing")))
         with pytest.raises(FileNotFoundError, match=r"holds no checkpoint-N folder"):
@@ -1101,6 +1106,13 @@ def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(t
     # A resume with "yes" finds the last checkpoint (the run was complete: nothing is left to train).
     training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", "yes"))
     assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+
+    # --overwrite_model replaces the run: its checkpoints go, the new run's are its own.
+    assert (out / "checkpoint-2").is_dir()
+    training.main(tiny_args(tiny_encoder, out, *options[:-4], "--max_steps", "1", "--save_strategy", "steps",
+                            "--save_steps", "1", "--overwrite_model"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
 
 
 @pytest.mark.parametrize("options, message", [

@@ -165,7 +165,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: labels live in own columns."})
     train_sampling_strategy: str = field(
         default="group_by_length",
-        metadata={"help": "group_by_length (default: batches of similar length, ~3x faster) or random."},
+        metadata={"help": "group_by_length (default: batches of similar length, less padding: 1.3-1.8x the "
+                          "examples/s on short texts, more with long ones) or random."},
     )
 
     def __post_init__(self):
@@ -173,6 +174,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
             # Without this, transformers runs each CPU process alone (no DDP, gradients never averaged).
             self.use_cpu = True
         self.resume_from_checkpoint = resume_option(self.resume_from_checkpoint)
+        if self.use_cpu or not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every evaluation
         super().__post_init__()
         # Both make the Trainer hand compute_metrics something other than all the validation logits at once: no task
         # metrics would be logged (the card would say no evaluation ran), or compute_metrics fails.
@@ -308,7 +311,8 @@ def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> data
     else:
         path = spec.source
         if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file. Check the path given to --train_files / --validation_files.")
+            options = "--data" if split == "evaluation" else "--train_files / --validation_files"
+            raise DataError(f"{path}: no such file. Check the path given to {options}.")
         suffix = Path(path).suffix.lower()
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)
         if builder is None:
@@ -948,11 +952,12 @@ def check_model_sources(model_args: ModelArguments) -> None:
                              "continue training it with --model_name_or_path instead.")
 
 
-def check_output_dir(args: MultiTaskTrainingArguments) -> None:
+def check_output_dir(args: MultiTaskTrainingArguments) -> list[str]:
     """Refuse to overwrite a saved model unless asked, and to mix a new run with an older run's checkpoints; before
-    any work is done."""
+    any work is done. Returns the older run's checkpoint folders that --overwrite_model replaces (train() removes them
+    once the data and the model are ready, so that they cannot be resumed by mistake)."""
     if not args.output_dir:
-        return
+        return []
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise FileExistsError(f"--output_dir {args.output_dir} is a file; give a folder (new or empty) for the model.")
     if os.path.isfile(os.path.join(args.output_dir, "config.json")):
@@ -969,15 +974,17 @@ def check_output_dir(args: MultiTaskTrainingArguments) -> None:
                 f"{args.output_dir} holds {', '.join(taken)}, which saving the model would overwrite. Choose another "
                 "--output_dir (a new or empty folder), or pass --overwrite_model to replace them."
             )
-    if not args.resume_from_checkpoint:
-        # A later --resume_from_checkpoint True would pick the highest checkpoint-N, which could be the older run's.
-        old = checkpoint_folders(args.output_dir)
-        if old:
-            raise FileExistsError(
-                f"{args.output_dir} holds checkpoints of an earlier run ({', '.join(old)}). Resume that run with "
-                "--resume_from_checkpoint, or move or remove these folders, or choose another --output_dir "
-                "(--overwrite_model replaces the saved model only, not the checkpoints)."
-            )
+    if args.resume_from_checkpoint:
+        return []
+    # A later --resume_from_checkpoint True would pick the highest checkpoint-N, which could be the older run's.
+    old = checkpoint_folders(args.output_dir)
+    if old and not args.overwrite_model:
+        raise FileExistsError(
+            f"{args.output_dir} holds checkpoints of an earlier run ({', '.join(old)}). Resume that run with "
+            "--resume_from_checkpoint, or pass --overwrite_model to replace that run (its model and checkpoints), or "
+            "choose another --output_dir."
+        )
+    return old
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:
@@ -1083,7 +1090,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     started = time.time()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
-    check_output_dir(args)
+    replaced = check_output_dir(args)
     resumes = resume_plan(args)
     set_seed(args.seed)
     if model_args.pooling not in ("mean", "cls", "max"):
@@ -1129,6 +1136,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         if not phases[1]:
             raise ValueError("--primary_tasks lists every task: nothing is left for the second phase.")
 
+    if replaced and args.should_save:  # --overwrite_model: the earlier run's checkpoints go with its model
+        logger.info("--overwrite_model: removing the earlier run's checkpoints %s", ", ".join(replaced))
+        for folder in replaced:
+            shutil.rmtree(os.path.join(args.output_dir, folder))
     card_summary = training_summary(model_args, data_args, args, data, None, 0)
     trainer, epochs, phase_metrics = None, [], []
     for number, active in enumerate(phases, start=1):
