@@ -1103,12 +1103,17 @@ def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(t
                            ("0", None), ("some/checkpoint-3", "some/checkpoint-3")]:
         *_, args = training.parse_args(["--resume_from_checkpoint", word])
         assert args.resume_from_checkpoint == expected, word
-    # A resume with "yes" finds the last checkpoint (the run was complete: nothing is left to train).
-    training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", "yes"))
-    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    # A resume with "yes" finds the last checkpoint; the run was complete, and the Trainer would train a step past
+    # --max_steps: refused. With more steps it continues.
+    with pytest.raises(ValueError, match=r"checkpoint-2 already trained 2 steps, --max_steps is 2: nothing is left"):
+        training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", "yes"))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    training.main(tiny_args(tiny_encoder, out, *options[:-6], "--max_steps", "3", *options[-4:],
+                            "--resume_from_checkpoint", "yes"))
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
 
     # --overwrite_model replaces the run: its checkpoints go, the new run's are its own.
-    assert (out / "checkpoint-2").is_dir()
+    assert (out / "checkpoint-3").is_dir()
     training.main(tiny_args(tiny_encoder, out, *options[:-4], "--max_steps", "1", "--save_strategy", "steps",
                             "--save_steps", "1", "--overwrite_model"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]

@@ -1037,6 +1037,23 @@ def resume_plan(args: MultiTaskTrainingArguments) -> list[str | None]:
     return [None, resume]  # a phase-2 checkpoint kept elsewhere
 
 
+def check_steps_left(resume: str | None, args: MultiTaskTrainingArguments) -> None:
+    """A checkpoint that already reached --max_steps has nothing left to train: the Trainer would run one step past
+    it (and save it as checkpoint-N+1), so say so instead."""
+    if not resume or args.max_steps <= 0:
+        return
+    folder = get_last_checkpoint(args.output_dir) if resume == "True" else resume
+    try:
+        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
+            done = int(json.load(handle)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # the Trainer reports a broken checkpoint in its own words
+    if done >= args.max_steps:
+        raise ValueError(f"--resume_from_checkpoint {folder} already trained {done} steps, --max_steps is "
+                         f"{args.max_steps}: nothing is left to train. Raise --max_steps to train further (its model "
+                         "is in the checkpoint folder).")
+
+
 def check_metric_for_best_model(args: MultiTaskTrainingArguments, data: PreparedData) -> None:
     """--metric_for_best_model must be a metric that evaluation reports; otherwise the Trainer fails with a KeyError
     after the first evaluation."""
@@ -1169,6 +1186,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         )
         trainer.card_summary = card_summary
         resume = resumes[number - 1]
+        check_steps_left(resume, phase_args)
         train_result = trainer.train(resume_from_checkpoint=True if resume == "True" else resume)
         epochs.append(trainer.state.epoch or 0.0)
         phase_metrics.append(train_result.metrics)
