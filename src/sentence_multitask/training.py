@@ -460,7 +460,8 @@ def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict
             continue
         found = {value for dataset, column in carriers for value in dataset[column] if not is_missing_label(value)}
         if not found:
-            raise DataError(f"Task {task!r} has no labelled training row; give data for it or drop it from --tasks.")
+            raise DataError(f"Task {task!r} has no labelled training row; give data for it (TASK=PATH in --train_files, "
+                            "or a column named like the task), or drop it from --tasks / --labels.")
         if not all(isinstance(value, str) for value in found):
             raise DataError(
                 f"Task {task!r} has numeric labels in its training data; list its label names with "
