@@ -460,7 +460,7 @@ def test_export_never_overwrites_another_saved_model(tiny_exported, tiny_encoder
     project = tmp_path / "project"
     project.mkdir()
     (project / "README.md").write_text("my project", encoding="utf-8")
-    with pytest.raises(FileExistsError, match="holds a README.md that is no model's card"):
+    with pytest.raises(FileExistsError, match="holds README.md, which the export would overwrite"):
         export_onnx(model, project)
     assert [p.name for p in project.iterdir()] == ["README.md"]
     assert (project / "README.md").read_text(encoding="utf-8") == "my project"

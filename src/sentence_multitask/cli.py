@@ -244,10 +244,9 @@ def cmd_export_onnx(args) -> int:
     folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
     from .onnx import FP32_FILE, INT8_FILE
 
-    written = [FP32_FILE, INT8_FILE] if args.quantize else [FP32_FILE]
-    kept = [INT8_FILE] if not args.quantize and os.path.isfile(os.path.join(folder, INT8_FILE)) else []
-    print(f"Exported to {folder}: {', '.join(written)}" + (f" (an earlier export's {kept[0]} of the same weights is "
-                                                           "still there)" if kept else ""))
+    stale = not args.quantize and os.path.isfile(os.path.join(folder, INT8_FILE))
+    print(f"Exported to {folder}: {FP32_FILE}" + (f", {INT8_FILE}" if args.quantize else "")
+          + (f" (an earlier export's {INT8_FILE} of the same weights is still there)" if stale else ""))
     return 0
 
 

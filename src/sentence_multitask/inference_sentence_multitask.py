@@ -107,6 +107,19 @@ def not_a_model_folder(source) -> str | None:
     return "does not exist" if looks_local else None
 
 
+# Files save_pretrained writes besides config.json (the code files end in "_sentence_multitask.py").
+MODEL_FILES = ("README.md", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "vocab.txt")
+
+
+def files_a_save_would_replace(folder) -> list[str]:
+    """The files in `folder` that saving a model there would write over, when `folder` holds no saved model (no
+    config.json): a project's own README.md, say. Empty for a model's folder, which its callers check otherwise."""
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "config.json")):
+        return []
+    return sorted(name for name in os.listdir(folder) if name in MODEL_FILES or name.endswith("_sentence_multitask.py"))
+
+
 def check_texts(texts) -> list[str]:
     """Return `texts` as a list of strings, or raise naming the first bad position."""
     if isinstance(texts, str):

@@ -23,7 +23,12 @@ from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig
-from .inference_sentence_multitask import SentenceInferenceMixin, check_texts, length_sorted_batches
+from .inference_sentence_multitask import (
+    SentenceInferenceMixin,
+    check_texts,
+    files_a_save_would_replace,
+    length_sorted_batches,
+)
 from .modeling_sentence_multitask import SentenceMultiTaskModel, load_tokenizer
 
 ONNX_FOLDER = "onnx"
@@ -136,9 +141,10 @@ def _export(model: SentenceMultiTaskModel, output_dir: Path, quantize: bool, cal
         raise FileExistsError(f"{output_dir} already holds another saved model, which the export would overwrite: "
                               "export into a new folder, into the folder the model was loaded from, or into one that "
                               "holds an earlier export of this model.")
-    if (output_dir / "README.md").is_file() and not (output_dir / "config.json").is_file():
-        raise FileExistsError(f"{output_dir} holds a README.md that is no model's card; the export writes the model "
-                              "card there. Export into a new folder.")
+    taken = files_a_save_would_replace(output_dir)
+    if taken:
+        raise FileExistsError(f"{output_dir} holds {', '.join(taken)}, which the export would overwrite (it is no saved "
+                              "model). Export into a new folder.")
     model.save_pretrained(output_dir)
     folder = output_dir / ONNX_FOLDER
     folder.mkdir(parents=True, exist_ok=True)

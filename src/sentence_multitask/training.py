@@ -6,6 +6,7 @@ Run `sentence-multitask train --help` for every option; a JSON file can hold the
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 
 from . import REFERENCE_TASKS, SentenceMultiTaskModel
-from .inference_sentence_multitask import max_tokens, not_a_model_folder
+from .inference_sentence_multitask import files_a_save_would_replace, max_tokens, not_a_model_folder
 
 logger = logging.getLogger("sentence_multitask.training")
 
@@ -334,18 +335,16 @@ def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> data
     return dataset
 
 
-BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark some editors (and Excel) write first
-
-
 def _check_json_lines(path: str) -> None:
     """JSON Lines must be UTF-8 with one object per line; name the first bad line."""
     with open(path, "rb") as handle:
-        if handle.read(4096).removeprefix(BOM).lstrip().startswith(b"["):
+        if handle.read(4096).removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
             return  # a JSON array file
         handle.seek(0)
         for number, raw in enumerate(handle, start=1):
             try:
-                line = (raw.removeprefix(BOM) if number == 1 else raw).decode("utf-8")  # the reader skips a BOM too
+                # The reader skips a byte-order mark (some editors and Excel write one) too.
+                line = (raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw).decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(f"{path}, line {number}: not UTF-8 ({error}); re-encode the file as UTF-8.") from None
             if not line.strip():
@@ -928,12 +927,6 @@ def usable_max_length(max_length: int, encoder_config, tokenizer) -> int:
     return used
 
 
-# Files `save_pretrained` writes into --output_dir besides config.json (the code files end in CODE_SUFFIX).
-MODEL_FILES = ("README.md", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "vocab.txt")
-CODE_SUFFIX = "_sentence_multitask.py"
-
-
 def check_model_sources(model_args: ModelArguments) -> None:
     """--model_name_or_path and --encoder name a folder that exists (or a Hub id), and --encoder is no saved
     sentence-multitask model; checked before any data is read."""
@@ -967,9 +960,8 @@ def check_output_dir(args: MultiTaskTrainingArguments) -> list[str]:
                 f"{args.output_dir} already holds a saved model. Choose another --output_dir, or pass "
                 "--overwrite_model to replace it."
             )
-    elif os.path.isdir(args.output_dir) and not (args.overwrite_model or args.resume_from_checkpoint):
-        # Not a model, but files the model's save would write over without a word (a project's README.md, say).
-        taken = sorted(name for name in os.listdir(args.output_dir) if name in MODEL_FILES or name.endswith(CODE_SUFFIX))
+    elif not (args.overwrite_model or args.resume_from_checkpoint):
+        taken = files_a_save_would_replace(args.output_dir)  # no model, but a project's own README.md, say
         if taken:
             raise FileExistsError(
                 f"{args.output_dir} holds {', '.join(taken)}, which saving the model would overwrite. Choose another "
