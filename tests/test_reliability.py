@@ -350,12 +350,9 @@ def test_cli_predict_bad_input(tiny_saved, tmp_path):
 
 
 @pytest.mark.parametrize("max_length", [0, 1, -3, 2.5, "64"])
-def test_a_max_length_under_two_tokens_is_refused_by_every_path(max_length, tiny_model, tiny_saved, tiny_pipeline):
-    from sentence_multitask.runtime import SentenceMultiTaskRuntime
-
-    runtime = SentenceMultiTaskRuntime.from_pretrained(tiny_saved)
-    calls = {"encode": tiny_model.encode, "predict": tiny_model.predict, "runtime encode": runtime.encode,
-             "runtime predict": runtime.predict, "pipeline": tiny_pipeline}
+def test_a_max_length_under_two_tokens_is_refused_by_every_path(max_length, tiny_model, tiny_pipeline):
+    calls = {"encode": tiny_model.encode, "predict": tiny_model.predict, "predict_proba": tiny_model.predict_proba,
+             "pipeline": tiny_pipeline}
     for name, call in calls.items():
         with pytest.raises(ValueError, match=r"max_length must be an integer from 2 to 512 \(a text needs \[CLS\] and "
                                              r"\[SEP\]\), got .*; leave it None for the model's default \(256\)"):
@@ -363,14 +360,10 @@ def test_a_max_length_under_two_tokens_is_refused_by_every_path(max_length, tiny
             pytest.fail(f"{name} accepted max_length={max_length!r}")
 
 
-def test_max_length_is_capped_at_the_encoders_positions_on_every_path(tiny_model, tiny_saved, tiny_pipeline, monkeypatch):
-    from sentence_multitask.runtime import SentenceMultiTaskRuntime
-
-    runtime = SentenceMultiTaskRuntime.from_pretrained(tiny_saved)
-    for model in (tiny_model, runtime):
-        capped = model.encode(LONG, max_length=512)
-        assert np.abs(model.encode(LONG, max_length=600) - capped).max() <= ATOL
-        assert np.abs(model.encode(LONG, max_length=2) - model.encode("")).max() <= ATOL  # [CLS] [SEP]
+def test_max_length_is_capped_at_the_encoders_positions_on_every_path(tiny_model, tiny_pipeline, monkeypatch):
+    capped = tiny_model.encode(LONG, max_length=512)
+    assert np.abs(tiny_model.encode(LONG, max_length=600) - capped).max() <= ATOL
+    assert np.abs(tiny_model.encode(LONG, max_length=2) - tiny_model.encode("")).max() <= ATOL  # [CLS] [SEP]
     assert same_prediction(tiny_pipeline(LONG, max_length=600), tiny_model.predict(LONG, max_length=512))
     # The encoder's 512 positions cap it also where the tokenizer names no limit of its own.
     monkeypatch.setattr(tiny_model.tokenizer, "model_max_length", int(1e30))

@@ -1,7 +1,6 @@
-"""`sentence-multitask` command line: train, evaluate, predict, embed.
+"""`sentence-multitask` command line: train, evaluate, predict, embed, export-onnx.
 
-Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code, and
-`predict` / `embed --model DIR` run a saved BERT-encoder model without importing transformers (see runtime.py).
+Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code.
 """
 
 from __future__ import annotations
@@ -119,12 +118,10 @@ def recheck_option(sub) -> None:
                           "--calibration-file; default: no recheck).")
 
 
-def load_model(path: str | None, args, runtime: bool = False):
+def load_model(path: str | None, args):
     """
     The model at `path` for `args` (backend, device, threads, precision); `path` None: the default encoder with
-    unused reference heads (for embeddings). With `runtime`, a local model the transformers-free runtime can serve
-    on CPU is served by it: same results, and no seconds spent importing transformers' modeling stack; any other
-    model loads as before.
+    unused reference heads (for embeddings).
     """
     from .inference_sentence_multitask import not_a_model_folder
 
@@ -155,16 +152,6 @@ def load_model(path: str | None, args, runtime: bool = False):
         torch.set_num_threads(args.threads)
     device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = getattr(args, "precision", None) or "fp32"
-    if runtime and device == "cpu" and path is not None:
-        from .runtime import SentenceMultiTaskRuntime, UnsupportedModelError
-
-        try:
-            model = SentenceMultiTaskRuntime.from_pretrained(path)
-        except UnsupportedModelError:
-            pass  # SentenceMultiTaskModel serves it, and reports any problem with the files in its own words
-        else:
-            model.inference_precision = precision
-            return model
     from .modeling_sentence_multitask import SentenceMultiTaskModel
 
     if path is None:
@@ -199,7 +186,7 @@ def write_jsonl(rows) -> None:
 
 def cmd_predict(args) -> int:
     texts = read_texts(args)
-    model = load_model(args.model, args, runtime=True)
+    model = load_model(args.model, args)
     results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.all_scores)
     write_jsonl({"text": text, **result} for text, result in zip(texts, results))
     return 0
@@ -207,7 +194,7 @@ def cmd_predict(args) -> int:
 
 def cmd_embed(args) -> int:
     texts = read_texts(args)
-    model = load_model(args.model, args, runtime=True)
+    model = load_model(args.model, args)
     embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
     return 0
