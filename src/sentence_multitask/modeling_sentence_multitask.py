@@ -407,16 +407,17 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         Upload weights, config, code, tokenizer and this model's card to the Hub repo `repo_id` in one commit (the
         inherited push would replace the card with a generic one). Returns the commit's URL.
         """
-        api = HfApi(token=token if isinstance(token, str) else None)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        api = HfApi()
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         if tags:
             self.training_summary = {**self.training_summary, "tags": list(tags)}
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, token=token, revision=revision,
+                                       create_pr=create_pr,
                                        commit_message=commit_message or "Upload sentence-multitask model",
                                        commit_description=commit_description)
-        return commit.pr_url if create_pr and commit.pr_url else commit.commit_url
+        return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", commit)
 
 
 def load_tokenizer(source: str | os.PathLike, encoder_config):
