@@ -1,10 +1,9 @@
-"""Inference shared by the model and the transformers-free runtime (`sentence_multitask.runtime`): text checks,
-precision, tokenising with one truncation warning per call, length-sorted batching, pooling, the task heads and the
-`encode` / `predict` API on top of them.
+"""Inference shared by the PyTorch model and the ONNX model: text checks, precision, tokenising with one truncation
+warning per call, length-sorted batching, pooling, the task heads and the `encode` / `predict` API on top of them.
 
 This file travels with every saved model, next to the modeling file that imports it, and is executed by
-``trust_remote_code``. It imports only torch and the standard library: the runtime uses it without importing
-transformers, whose modeling stack takes seconds to import.
+``trust_remote_code``. It imports only torch and the standard library, so the ONNX model can use it without
+transformers' modeling stack.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 PROGRESS_BAR_MIN_TEXTS = 256
-# On CPU a batch holds at most this many tokens (rows x padded width). The largest activation, (tokens, 4 x hidden)
-# in fp32, then stays near 12 MB for MiniLM, under glibc's 32 MB mmap ceiling: freed activations are reused from the
-# heap instead of being mapped and page-faulted afresh on every layer. Measured on long texts: ~480k page faults per
-# 1,024 texts become ~0, and encode runs 15-25 % faster with identical results (benchmarks/speed.py).
+# On CPU a batch holds at most this many tokens (rows x padded width), so that the largest activation stays under
+# glibc's mmap threshold: freed activations are then reused from the heap instead of being mapped and page-faulted
+# afresh on every layer (docs/performance.md has the measurement).
 CPU_BATCH_TOKENS = 2048
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -83,9 +81,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 def attention_kernels(device: torch.device):
     """The attention kernels to run under: on CUDA, every SDPA backend but cuDNN's. Length-sorted (inference) and
-    length-grouped (training) batches come in many widths, and cuDNN's attention builds a plan for each new one: 5-7 ms
-    of CPU time per call on an H200 (torch 2.11), which made bf16 training 2-4x slower than fp32. Elsewhere the
-    defaults."""
+    length-grouped (training) batches come in many widths, and cuDNN's attention builds a new plan for each one, which
+    costs more CPU time than the attention itself. Elsewhere the defaults."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -305,9 +302,9 @@ class SentenceInferenceMixin:
             max_length: truncate texts to this many tokens, at least 2 and at most the encoder's position limit
                 (more is capped to it; default: `config.max_length`).
             show_progress_bar: default on for 256 texts or more.
-            precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs; about 2x faster
-                on such CPUs, cosine to fp32 >= 0.9999), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware
-                runs it natively, else fp32). Default: `model.inference_precision`.
+            precision: `"fp32"` (exact, the default), `"bf16"` (CPUs with native bf16 and GPUs: faster, and close
+                to fp32, see docs/performance.md), `"fp16"` (GPU only) or `"auto"` (bf16 where the hardware runs it
+                natively, else fp32). Default: `model.inference_precision`.
 
         Returns:
             An array or tensor of shape `(len(texts), hidden_size)`; `(hidden_size,)` for a single string.

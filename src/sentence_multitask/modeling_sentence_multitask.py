@@ -357,8 +357,8 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
     def _autocast_weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The encoder's matrix-product weights and biases in `dtype`, cast once and kept until one of them changes
         (training steps change them in place, `.to()` moves them). In inference mode autocast does not keep its casts:
-        each product would cast its weights anew for every batch, ~10 % of a bf16 pass on CPU. These are the tensors
-        autocast would make, so results do not change; they take half the weights' memory (~22 MB for MiniLM)."""
+        each product would cast its weights anew for every batch. These are the tensors autocast would make, so
+        results do not change; they take half the weights' memory."""
         linear = {f"{name}.{key}": tensor for name, module in self.encoder.named_modules()
                   if isinstance(module, nn.Linear) for key, tensor in module.named_parameters(recurse=False)}
         key = (dtype, tuple((tensor.data_ptr(), tensor._version) for tensor in linear.values()))
@@ -417,7 +417,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
                                        create_pr=create_pr,
                                        commit_message=commit_message or "Upload sentence-multitask model",
                                        commit_description=commit_description)
-        return getattr(commit, "pr_url", None) or getattr(commit, "commit_url", commit)
+        return commit
 
 
 def load_tokenizer(source: str | os.PathLike, encoder_config):

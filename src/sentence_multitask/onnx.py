@@ -34,20 +34,17 @@ from .modeling_sentence_multitask import SentenceMultiTaskModel, load_tokenizer
 ONNX_FOLDER = "onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
-# ONNX Runtime's fused SkipLayerNormalization and BiasGelu CPU kernels (onnxruntime 1.32) ran 3-4x slower here than
-# the LayerNormalization + Add and Gelu + Add they replace (profiled on the 1,024 texts of benchmarks/speed.py: 700
-# vs 190 ms for the layer norms). Without these two fusions, offline and in the session, int8 `predict` ran 1.27-1.31x
-# faster and fp32 1.10x, with the same results. The attention fusion stays: it is the faster one.
+# ONNX Runtime's fused SkipLayerNormalization and BiasGelu CPU kernels ran slower here than the LayerNormalization +
+# Add and Gelu + Add they replace, with the same results (docs/onnx.md): those two fusions are left out. The attention
+# fusion stays: it is the faster one.
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 # SmoothQuant's alpha: the share of each input channel's range moved into the weights before int8, chosen per product
-# from these by simulated int8 error. On the quality experiment's model one alpha for all kept 96 % of the labels at
-# 0.5 and 98.5-99.2 % at 0.8-0.9; the chosen ones are 0.75-0.85 for the first FFN product and 0.8-1 for the others.
+# from these by simulated int8 error (one alpha for all products kept fewer labels).
 SMOOTHING_ALPHAS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
-# Channel ranges come from the maxima over the calibration texts: from 12 texts they were too low, and int8 kept only
-# 94-96 % of fp32's labels; from 64, 98.7-99 %; from 500, 99.1 %.
+# Channel ranges come from the maxima over the calibration texts: too few texts give ranges that are too low.
 MIN_CALIBRATION_TEXTS = 100
-# More texts than this are sampled down to it (seeded): calibration time grows with the texts (10,000 took 5 minutes),
-# the channel maxima hardly do (500 texts: 99.1 % of the labels kept).
+# More texts than this are sampled down to it (seeded): calibration time grows with the texts, the channel maxima
+# hardly do.
 MAX_CALIBRATION_TEXTS = 512
 
 logger = logging.get_logger(__name__)
@@ -392,15 +389,11 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
 
     With `quantized=True` and `recheck_margin` > 0, `predict` / `predict_proba` run every text through the int8 graph,
     then run again through the fp32 graph the texts where, on some task, the two most likely labels lie closer than
-    `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only there. With
-    the quality experiment's model, on the shared validation texts, int8 calibrated with 512 training texts kept 99.2 /
-    98.8-99.2 % of the fp32 labels (topic / sentiment; batches of 64 and 32); a margin of 0.01 reran about 1 % of the
-    texts and kept 99.3-99.4 / 99.4-99.5 %, at 1.01-1.07x the time of int8 alone. Without calibration texts, int8
-    kept 98.1 / 97.4 %, and 0.05 (6.7 % rechecked) was needed for 99.2 / 99.1 %. `encode` never rechecks.
+    `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only there (docs/onnx.md
+    has the measured agreement). `encode` never rechecks.
     """
 
-    # ONNX Runtime runs fastest on smaller batches than PyTorch: on the 1,024 texts of benchmarks/speed.py int8 was
-    # ~8 % faster at 1,024 tokens per batch than at 2,048 (768-1,024 measured best).
+    # ONNX Runtime runs fastest on smaller batches than PyTorch.
     cpu_batch_tokens = 1024
     training = False
     device = torch.device("cpu")
