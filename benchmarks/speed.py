@@ -203,7 +203,7 @@ def padding_bound(batch_size: int = 32, max_length: int = 128) -> dict:
     from transformers import AutoTokenizer
 
     from sentence_multitask import local_default_encoder
-    from sentence_multitask.training import MultiTaskSampler
+    from sentence_multitask.sampling import MultiTaskSampler
 
     tokenizer = AutoTokenizer.from_pretrained(local_default_encoder())
     texts = [row["text"] for name in ("topic_train.jsonl", "sentiment_train.jsonl") for row in read(DATA / name)]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel, local_default_encoder
-from sentence_multitask.training import MultiTaskSampler
+from sentence_multitask.sampling import MultiTaskSampler
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parent.parent / "shared" / "data"))

@@ -28,8 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from sentence_multitask import SentenceMultiTaskModel, training
-from sentence_multitask.training import DataArguments, DataError, load_source, parse_specs, prepare_data
+from sentence_multitask import SentenceMultiTaskModel, checkpoints, training
+from sentence_multitask.arguments import DataArguments
+from sentence_multitask.data import DataError, load_source, parse_specs, prepare_data
 
 TASKS = {"topic": ["sports", "health", "tech"], "sentiment": ["negative", "positive"]}
 ATOL = 1e-5

@@ -1,115 +1,84 @@
-"""Model card (README.md) rendered from the `model_card.md` template and what training measured."""
+"""What a model card says about training: the summary of a run (data, options, metrics) that the final model's card
+is rendered from, and the card of each intermediate checkpoint. The rendering itself travels with the model
+(card_sentence_multitask.py)."""
 
 from __future__ import annotations
 
 import os
-from importlib import resources
-from string import Template
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCardData
+from .card_sentence_multitask import render_model_card
 
-METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "macro_recall": "Macro-recall"}
+CHECKPOINT_METRICS_NOTE = ("Intermediate checkpoint: the evaluations run so far are in the `log_history` of its "
+                           "trainer_state.json; the final model's card lists its validation metrics.")
+DEMO_NOTE = ("**Demo model.** It was fine-tuned on the small demonstration set bundled with sentence-multitask "
+             "(360 hand-written sentences), to show the workflow; do not use it for real decisions.")
 
 
-def render_model_card(model) -> str:
-    """README.md for `model`: YAML metadata with a model-index, usage, labels, data, hyper-parameters, metrics."""
-    config = model.config
-    summary: dict[str, Any] = dict(getattr(model, "training_summary", None) or {})
-    metrics: dict[str, dict[str, Any]] = summary.get("metrics") or {}
-    base_model = getattr(config, "base_model", None) or summary.get("base_model")
-    is_hub_id = base_model and "/" in base_model and not base_model.startswith((".", "/")) and not os.path.isdir(base_model)
-    hub_base = base_model if is_hub_id else None
-    model_name = summary.get("model_name") or "sentence-multitask model"
-    datasets = [d for d in summary.get("datasets", []) if d and "/" in d and not d.startswith(("/", "."))]
-
-    eval_results = [
-        EvalResult(
-            task_type="text-classification",
-            task_name=f"{task} classification",
-            # The Hub groups model-index results by dataset type: one per task keeps each task's metrics apart.
-            dataset_type=f"{task}-validation",
-            dataset_name=(summary.get("validation_data") or {}).get(task, f"{task} validation"),
-            dataset_split="validation",
-            metric_type=metric,
-            metric_name=f"{task} {METRIC_NAMES[metric]}",
-            metric_value=round(float(values[metric]), 4),
-        )
-        for task, values in metrics.items()
-        for metric in METRIC_NAMES
-        if metric in values
-    ]
-    card_data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="text-classification",
-        base_model=hub_base,
-        tags=["sentence-multitask", "multi-task", "sentence-embeddings", "text-classification", "custom_code"],
-        datasets=datasets or None,
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
-    )
-    values = {
-        "metadata": card_data.to_yaml(),
-        "model_name": model_name,
-        "encoder_type": config.encoder.model_type,
-        "base_model": f"`{hub_base or base_model}`" if (hub_base or base_model) else "a custom encoder",
-        "hidden_size": config.hidden_size,
-        "repo_id": summary.get("repo_id", "path/to/this/model"),
-        "example": "The team won the championship last night!",
-        "data_note": summary.get("data_note", ""),
-        "labels": "\n".join(f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()),
-        "training": _training_section(summary, config),
-        "metrics": _metrics_table(metrics, summary.get("metrics_note")),
-        "confusion": _confusion_section(summary.get("confusion_matrices") or {}, config.tasks),
+def training_summary(model_args, data_args, args, data, metrics: dict[str, dict[str, Any]] | None = None,
+                     seconds: float = 0.0, epochs: Sequence[float] | None = None) -> dict[str, Any]:
+    """What the card says about a training run: its data (a `PreparedData`), options, and the per-task `metrics` of
+    the final evaluation (`MultiTaskMetrics.last`); `epochs`: the epochs each phase actually trained (a --max_steps
+    run can stop long before --num_train_epochs)."""
+    demo = not data_args.train_files and not data_args.dataset_names
+    metrics = metrics or {}
+    if epochs:
+        shown = " + ".join(f"{epoch:.4g}" for epoch in epochs)
+        epochs_value = shown + (" (phase 1 + phase 2)" if len(epochs) > 1 else "")
+    else:
+        epochs_value = args.num_train_epochs
+    hyper = {
+        "encoder": model_args.model_name_or_path or model_args.encoder or "all-MiniLM-L6-v2",
+        "training mode": args.training_mode + (f" (primary: {', '.join(args.primary_tasks)})" if args.primary_tasks else ""),
+        "task sampling": args.task_sampling + (f" (T={args.sampling_temperature})" if args.task_sampling == "temperature" else ""),
+        "epochs": epochs_value,
+        "learning rate": args.learning_rate,
+        "head learning rate": args.head_learning_rate or args.learning_rate,
+        "batch size": args.per_device_train_batch_size * max(1, args.world_size) * args.gradient_accumulation_steps,
+        "max length": data_args.max_length,
+        "warm-up ratio": args.warmup_ratio,
+        "weight decay": args.weight_decay,
+        "frozen encoder": model_args.freeze_encoder,
+        "seed": args.seed,
+        "training time": f"{seconds:.0f} s on {max(1, args.world_size)} process(es)",
     }
-    return Template(load_template()).safe_substitute(values)
+    return {
+        "model_name": Path(args.output_dir).name,
+        "repo_id": args.hub_model_id or Path(args.output_dir).name,
+        "datasets": data.dataset_names,
+        "data": data.description,
+        "validation_data": data.validation_description,
+        "data_note": DEMO_NOTE if demo else "",
+        "hyperparameters": hyper,
+        "metrics": {task: {k: v for k, v in scores.items() if k != "confusion_matrix"} for task, scores in metrics.items()},
+        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in metrics.items()},
+    }
 
 
-def load_template() -> str:
-    return resources.files("sentence_multitask").joinpath("model_card.md").read_text(encoding="utf-8")
+def checkpoint_summary(summary: dict[str, Any], config, step: int, epoch: float) -> dict[str, Any]:
+    """The run's `summary` as a checkpoint's card tells it: an intermediate checkpoint at `step`, without metrics (not
+    "not fine-tuned yet", nor the card, metrics included, of the model training continued from)."""
+    summary = dict(summary)
+    hyper = {key: value for key, value in (summary.get("hyperparameters") or {}).items()
+             if key not in ("epochs", "training time")}
+    hyper = {"steps trained": step, "epochs trained": f"{epoch:.4g}", **hyper}
+    tasks = ", ".join(f"`{task}`" for task in config.tasks)
+    base = getattr(config, "base_model", None) or hyper.get("encoder") or "its encoder"
+    note = (f"**Intermediate checkpoint** at step {step} (epoch {epoch:.4g}) of a sentence-multitask training "
+            f"run of the tasks {tasks}, starting from `{base}`. It is saved to resume training; the final model "
+            "and its card, with the validation metrics, are written when training ends.")
+    summary.update(data_note=(note + "\n\n" + summary["data_note"]) if summary.get("data_note") else note,
+                   hyperparameters=hyper, metrics={}, confusion_matrices={}, metrics_note=CHECKPOINT_METRICS_NOTE)
+    return summary
 
 
-def _training_section(summary: dict[str, Any], config) -> str:
-    lines = []
-    if summary.get("data"):
-        lines.append("Data:\n")
-        lines += [f"- `{task}`: {description}" for task, description in summary["data"].items()]
-        lines.append("")
-    hyper = summary.get("hyperparameters") or {}
-    if hyper:
-        lines.append("| hyper-parameter | value |\n|---|---|")
-        lines += [f"| {name} | {value} |" for name, value in hyper.items()]
-        lines.append("")
-    lines.append(
-        f"Heads: Linear({config.hidden_size} -> {config.head_size}) -> GELU -> dropout {config.head_dropout} -> "
-        f"Linear({config.head_size} -> labels); pooling: {config.pooling}; max length: {config.max_length} tokens."
-    )
-    if not summary:
-        lines.insert(0, "This model has not been fine-tuned yet: its heads are freshly initialised.\n")
-    return "\n".join(lines)
-
-
-def _metrics_table(metrics: dict[str, dict[str, Any]], note: str | None = None) -> str:
-    """The metrics table; without metrics, `note` (e.g. a checkpoint's), or that no evaluation was run."""
-    if not metrics:
-        return note or "No evaluation was run for this model."
-    rows = ["| task | accuracy | macro-F1 | macro-recall | per-class F1 |", "|---|---|---|---|---|"]
-    for task, values in metrics.items():
-        per_class = ", ".join(f"{label} {score:.3f}" for label, score in (values.get("per_class_f1") or {}).items())
-        rows.append(
-            f"| {task} | {values.get('accuracy', float('nan')):.4f} | {values.get('macro_f1', float('nan')):.4f} | "
-            f"{values.get('macro_recall', float('nan')):.4f} | {per_class} |"
-        )
-    return "\n".join(rows)
-
-
-def _confusion_section(matrices: dict[str, list[list[int]]], tasks: dict[str, list[str]]) -> str:
-    parts = []
-    for task, matrix in matrices.items():
-        labels = tasks[task]
-        parts.append(f"Confusion matrix, `{task}` (rows: true label, columns: predicted):\n")
-        parts.append("| true \\ predicted | " + " | ".join(labels) + " |")
-        parts.append("|---" * (len(labels) + 1) + "|")
-        parts += [f"| **{label}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, matrix)]
-        parts.append("")
-    return "\n".join(parts)
+def write_checkpoint_card(model, folder: str | os.PathLike, summary: dict[str, Any], step: int, epoch: float) -> None:
+    """Write README.md of the checkpoint in `folder`, saved at `step` of the run that `summary` describes."""
+    # The renderer reads the summary from the model: hand it one that carries the checkpoint's.
+    card = render_model_card(SimpleNamespace(config=model.config,
+                                             training_summary=checkpoint_summary(summary, model.config, step, epoch)))
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write(card)

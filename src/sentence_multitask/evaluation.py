@@ -7,16 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .training import (
-    IGNORE,
-    MultiTaskMetrics,
-    check_label_types,
-    encode_labels,
-    load_source,
-    parse_key_values,
-    parse_specs,
-    resolve_columns,
-)
+from .arguments import parse_key_values
+from .data import IGNORE, check_label_types, encode_labels, load_source, parse_specs, resolve_columns
+from .metrics import MultiTaskMetrics
 
 
 def evaluate_model(model, data: Sequence[str], text_column: str = "text", label_columns: Sequence[str] | None = None,

