@@ -58,6 +58,11 @@ def local_default_encoder() -> str | None:
     path = os.path.join(os.path.dirname(spec.origin), "model")
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
+
+def default_encoder() -> str:
+    """The encoder a model starts from when none is named: the offline copy of all-MiniLM-L6-v2, else its Hub id."""
+    return local_default_encoder() or DEFAULT_ENCODER
+
 @dataclass
 class SentenceMultiTaskOutput(ModelOutput):
     """
@@ -209,7 +214,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
             raise ValueError("from_encoder needs tasks, e.g. tasks={'sentiment': ['negative', 'neutral', 'positive']}.")
         default = encoder_name_or_path is None
         local = local_default_encoder()
-        path = (local or DEFAULT_ENCODER) if default else str(encoder_name_or_path)
+        path = default_encoder() if default else str(encoder_name_or_path)
         encoder_config = AutoConfig.from_pretrained(path)
         encoder = AutoModel.from_pretrained(path, config=encoder_config, **_encoder_kwargs(encoder_config))
         config = SentenceMultiTaskConfig(
@@ -478,4 +483,5 @@ SentenceMultiTaskModel.register_for_auto_class("AutoModel")
 PIPELINE_REGISTRY.register_pipeline("sentence-multitask", pipeline_class=SentenceMultiTaskPipeline,
                                     pt_model=SentenceMultiTaskModel, type="text")
 
-__all__ = ["DEFAULT_ENCODER", "local_default_encoder", "SentenceMultiTaskModel", "SentenceMultiTaskOutput", "SentenceMultiTaskPipeline", "SentenceMultiTaskPreTrainedModel"]
+__all__ = ["DEFAULT_ENCODER", "default_encoder", "local_default_encoder", "SentenceMultiTaskModel",
+           "SentenceMultiTaskOutput", "SentenceMultiTaskPreTrainedModel"]
