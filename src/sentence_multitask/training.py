@@ -30,7 +30,7 @@ from .card import training_summary
 from .checkpoints import PHASE_FOLDERS, check_output_dir, check_steps_left, resume_plan, save_model_atomically
 from .data import MultiTaskCollator, prepare_data, rows_with_labels, usable_max_length
 from .metrics import MultiTaskMetrics, check_metric_for_best_model
-from .modeling_sentence_multitask import load_tokenizer
+from .modeling_sentence_multitask import default_encoder, load_tokenizer
 from .trainer import CheckpointCard, HubPush, MultiTaskTrainer
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     check_model_sources(model_args)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
-    source = model_args.model_name_or_path or model_args.encoder or SentenceMultiTaskModel.default_encoder
+    source = model_args.model_name_or_path or model_args.encoder or default_encoder()
     saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path)
              if model_args.model_name_or_path else None)
     tokenizer = load_tokenizer(source, saved.encoder if saved else None)
