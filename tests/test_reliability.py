@@ -537,7 +537,7 @@ def test_training_into_a_saved_model_is_refused_unless_overwrite_model(tiny_mode
 
 
 class _OsCrashingReplace:
-    """Stands in for `os` inside sentence_multitask.training: os.replace fails after `allowed` moves."""
+    """Stands in for `os` inside sentence_multitask.checkpoints: os.replace fails after `allowed` moves."""
 
     def __init__(self, allowed: int):
         self.allowed, self.moved = allowed, 0
@@ -587,15 +587,17 @@ def test_an_interrupted_save_never_leaves_a_directory_that_loads_as_a_broken_mod
         for allowed in range(files):
             out, old = target(f"out-{has_old}-{allowed}", has_old)
             with monkeypatch.context() as patch:
-                patch.setattr(training, "os", _OsCrashingReplace(allowed))
+                patch.setattr(checkpoints, "os", _OsCrashingReplace(allowed))
                 with pytest.raises(OSError, match="simulated crash"):
-                    training.save_model_atomically(new_model, str(out))
+                    checkpoints.save_model_atomically(new_model, str(out))
             _assert_not_a_broken_model(out, old, f"old model {has_old}, crash after {allowed} moves")
             scenarios += 1
             shutil.rmtree(out)
 
     # save_pretrained itself stops part-way: while writing the weights, and while writing the card (last).
     import transformers.modeling_utils as modeling_utils
+
+    from sentence_multitask import card_sentence_multitask
 
     real_save_file = modeling_utils.safe_save_file
 
@@ -610,12 +612,12 @@ def test_an_interrupted_save_never_leaves_a_directory_that_loads_as_a_broken_mod
 
     for has_old in (False, True):
         for where, patch_args in (("weights", (modeling_utils, "safe_save_file", torn_save_file)),
-                                  ("card", (SentenceMultiTaskModel, "card_renderer", staticmethod(broken_card)))):
+                                  ("card", (card_sentence_multitask, "render_model_card", broken_card))):
             out, old = target(f"part-{has_old}-{where}", has_old)
             with monkeypatch.context() as patch:
                 patch.setattr(*patch_args)
                 with pytest.raises(OSError, match="simulated crash"):
-                    training.save_model_atomically(new_model, str(out))
+                    checkpoints.save_model_atomically(new_model, str(out))
             _assert_not_a_broken_model(out, old, f"old model {has_old}, crash in {where}")
             if has_old:  # nothing was moved yet: every file of the old model is as it was
                 now = snapshot(out)
