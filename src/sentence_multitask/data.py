@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from datasets.fingerprint import generate_random_fingerprint
 import numpy as np
 import torch
 
@@ -341,6 +342,9 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
             remove_columns=["text"],
             num_proc=data_args.preprocessing_num_workers,
             desc=f"Tokenising {split}",
+            # The data is in memory, so no cache file is looked up: without a fingerprint of its own, datasets would
+            # pickle the tokenizer to compute one, on every run.
+            new_fingerprint=generate_random_fingerprint(),
         )
 
     train = build(train_sources, data_args.train_split)
