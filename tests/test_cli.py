@@ -170,7 +170,8 @@ def test_lines_split_only_at_newlines_and_output_reads_back(cli, saved, tmp_path
     path.write_text("\r\n".join(texts) + "\r\n", encoding="utf-8")
     output = rows(cli("predict", "--model", saved, "--file", path))
     assert [row["text"] for row in output] == texts
-    written = tmp_path / "predictions.jsonl"  # what predict wrote is valid input again (ensure_ascii=False keeps U+2028)
+    # What predict wrote is valid input again (ensure_ascii=False keeps U+2028).
+    written = tmp_path / "predictions.jsonl"
     written.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in output) + "\n", encoding="utf-8")
     assert [row["text"] for row in rows(cli("embed", "--model", saved, "--file", written))] == texts
     assert [row["text"] for row in rows(cli("predict", "--model", saved, stdin="\n".join(texts)))] == texts
@@ -209,7 +210,8 @@ def test_file_formats_jsonl_any_case_tables_and_text_column_refused(cli, saved, 
     bad.write_text('{"text": "a"}\n{"text": "b",}\n')
     user_error(cli("predict", "--model", saved, "--file", bad), f"{bad}, line 2: malformed JSON (")
     bad.write_text('{"text": "a"}\n\n["b"]\n')
-    user_error(cli("predict", "--model", saved, "--file", bad), f"{bad}, line 3: expected a JSON object per line, got list")
+    user_error(cli("predict", "--model", saved, "--file", bad),
+               f"{bad}, line 3: expected a JSON object per line, got list")
 
 
 def test_input_that_is_not_utf8_names_file_and_line(cli, saved, tmp_path):
