@@ -123,9 +123,9 @@ def save_model_atomically(model, output_dir: str) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging)
-        target_config = os.path.join(output_dir, "config.json")
-        if os.path.exists(target_config):
-            os.remove(target_config)
+        old_config = os.path.join(output_dir, "config.json")
+        if os.path.exists(old_config):
+            os.remove(old_config)
         for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
             destination = os.path.join(output_dir, name)
             if os.path.isdir(destination):

@@ -63,7 +63,8 @@ def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_we
     )
 
 
-def training_phases(args: MultiTaskTrainingArguments, tasks: Sequence[str]) -> list[tuple[list[str], Any]]:
+def training_phases(args: MultiTaskTrainingArguments,
+                    tasks: Sequence[str]) -> list[tuple[list[str], MultiTaskTrainingArguments]]:
     """(tasks, Trainer arguments) of each phase: one in joint mode; in sequential mode the primary tasks, then the
     others, each phase in its own folder (phase 2 trains heads only, at --head_learning_rate). The Trainer never
     pushes: `HubPush` and `train` do."""
@@ -83,8 +84,9 @@ def training_phases(args: MultiTaskTrainingArguments, tasks: Sequence[str]) -> l
         second["metric_for_best_model"] = "loss"  # phase 2 evaluates the other tasks only
     if args.head_learning_rate is not None:
         second["learning_rate"] = args.head_learning_rate
-    return [(list(args.primary_tasks), args.replace(output_dir=os.path.join(args.output_dir, PHASE_FOLDERS[0]), **common)),
-            (others, args.replace(output_dir=os.path.join(args.output_dir, PHASE_FOLDERS[1]), **common, **second))]
+    first_dir, second_dir = (os.path.join(args.output_dir, folder) for folder in PHASE_FOLDERS)
+    return [(list(args.primary_tasks), args.replace(output_dir=first_dir, **common)),
+            (others, args.replace(output_dir=second_dir, **common, **second))]
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskTrainingArguments) -> dict[str, Any]:
