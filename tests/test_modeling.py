@@ -21,6 +21,13 @@ def varied_texts(n=64):
     return texts
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_encoder):
+    """The tiny random encoder with the reference heads (do not change it in tests)."""
+    torch.manual_seed(0)
+    return SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
+
+
 def test_reference_cosine_similarities(minilm_model):
     embeddings = minilm_model.encode(SENTENCES)
     similarity = embeddings @ embeddings.T
@@ -75,31 +82,31 @@ def test_any_number_of_tasks(tasks, tiny_encoder):
     assert all(output.logits[task].shape == (4, len(labels)) for task, labels in tasks.items())
 
 
-def test_predict_keeps_input_order_for_unsorted_lengths(minilm_model):
+def test_predict_keeps_input_order_for_unsorted_lengths(tiny_model):
     texts = ["short one", "a " * 200 + "very long text about football", "mid length sentence about the economy",
              "x", "another fairly long sentence " * 10]
-    batched = minilm_model.predict(texts, batch_size=2, return_all_scores=True)
-    one_by_one = [minilm_model.predict(text, return_all_scores=True) for text in texts]
+    batched = tiny_model.predict(texts, batch_size=2, return_all_scores=True)
+    one_by_one = [tiny_model.predict(text, return_all_scores=True) for text in texts]
     for got, expected in zip(batched, one_by_one):
         for task in REFERENCE_TASKS:
             assert got[task]["label"] == expected[task]["label"]
             assert got[task]["score"] == pytest.approx(expected[task]["score"], abs=1e-5)
-    embeddings = minilm_model.encode(texts, batch_size=2)
-    singles = np.stack([minilm_model.encode(text) for text in texts])
+    embeddings = tiny_model.encode(texts, batch_size=2)
+    singles = np.stack([tiny_model.encode(text) for text in texts])
     assert np.abs(embeddings - singles).max() < 1e-5
 
 
-def test_cpu_batches_of_long_texts_stay_under_the_token_cap_with_unchanged_results(minilm_model, monkeypatch):
+def test_cpu_batches_of_long_texts_stay_under_the_token_cap_with_unchanged_results(tiny_model, monkeypatch):
     texts = [f"sentence number {i} " * (1 + i % 40) for i in range(48)] + [f"short text {i}" for i in range(32)]
-    batches = list(minilm_model._batches(texts, 32, 256, False))
+    batches = list(tiny_model._batches(texts, 32, 256, False))
     assert sorted(i for positions, _ in batches for i in positions) == list(range(80))
     sizes = [tuple(inputs["input_ids"].shape) for _, inputs in batches]
-    assert all(rows * width <= minilm_model.cpu_batch_tokens for rows, width in sizes), sizes
+    assert all(rows * width <= tiny_model.cpu_batch_tokens for rows, width in sizes), sizes
     assert max(rows for rows, _ in sizes) == 32  # short texts still fill whole batches
-    capped = minilm_model.encode(texts, batch_size=32)
-    monkeypatch.setattr(minilm_model, "cpu_batch_tokens", 10**9)
-    assert min(rows for rows, _ in (tuple(i["input_ids"].shape) for _, i in minilm_model._batches(texts, 32, 256, False))) >= 16
-    assert np.abs(minilm_model.encode(texts, batch_size=32) - capped).max() < 1e-5
+    capped = tiny_model.encode(texts, batch_size=32)
+    monkeypatch.setattr(tiny_model, "cpu_batch_tokens", 10**9)
+    assert min(rows for rows, _ in (tuple(i["input_ids"].shape) for _, i in tiny_model._batches(texts, 32, 256, False))) >= 16
+    assert np.abs(tiny_model.encode(texts, batch_size=32) - capped).max() < 1e-5
 
 
 def test_attention_stays_off_cudnn_on_cuda(tiny_encoder, monkeypatch):
@@ -185,13 +192,13 @@ def test_from_encoder_loads_encoder_weights_once_and_inits_heads(minilm_path, mi
     assert head.std().item() == pytest.approx(0.02, rel=0.2) and minilm_model.heads["topic"].dense.bias.abs().sum() == 0
 
 
-def test_save_writes_everything_and_reload_is_identical(tmp_path, minilm_model):
+def test_save_writes_everything_and_reload_is_identical(tmp_path, tiny_model):
     import json
     import os
 
     from transformers import AutoModel
 
-    minilm_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"config.json", "model.safetensors", "configuration_sentence_multitask.py", "modeling_sentence_multitask.py",
             "tokenizer.json", "tokenizer_config.json", "README.md"} <= files
@@ -201,9 +208,9 @@ def test_save_writes_everything_and_reload_is_identical(tmp_path, minilm_model):
     assert config["auto_map"]["AutoConfig"] == "configuration_sentence_multitask.SentenceMultiTaskConfig"
     assert "sentence-multitask" in config["custom_pipelines"]
     loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
-    for name, tensor in minilm_model.state_dict().items():
+    for name, tensor in tiny_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    assert np.array_equal(loaded.encode(SENTENCES), minilm_model.encode(SENTENCES))
+    assert np.array_equal(loaded.encode(SENTENCES), tiny_model.encode(SENTENCES))
 
 
 def test_card_lists_labels_and_usage(tmp_path, minilm_model):
@@ -223,10 +230,13 @@ def test_code_files_import_only_torch_transformers_stdlib_and_each_other():
 
     folder = Path(sentence_multitask.__file__).parent
     stdlib = set(sys.stdlib_module_names)
-    # The inference helpers are shared with the transformers-free runtime: not even transformers there.
-    code_files = {"configuration_sentence_multitask.py": {"torch", "transformers"} | stdlib,
-                  "modeling_sentence_multitask.py": {"torch", "transformers"} | stdlib,
-                  "inference_sentence_multitask.py": {"torch"} | stdlib}
+    # What transformers itself installs: huggingface_hub and safetensors come with it.
+    hub = {"huggingface_hub", "safetensors"}
+    code_files = {"configuration_sentence_multitask.py": {"transformers"} | stdlib,
+                  "modeling_sentence_multitask.py": {"torch", "transformers"} | hub | stdlib,
+                  "inference_sentence_multitask.py": {"torch"} | stdlib,
+                  "pipeline_sentence_multitask.py": {"transformers"} | stdlib,
+                  "card_sentence_multitask.py": {"huggingface_hub"} | stdlib}
     for name, allowed in code_files.items():
         tree = ast.parse((folder / name).read_text())
         for node in ast.walk(tree):
@@ -289,8 +299,8 @@ def test_deepcopy_pickle_and_torch_save_give_a_working_model(tiny_encoder, tmp_p
         np.testing.assert_allclose(other.encode(SENTENCES), expected, atol=1e-6)
 
 
-def test_add_task_leaves_the_other_outputs_unchanged(minilm_path):
-    model = SentenceMultiTaskModel.from_encoder(minilm_path, tasks=REFERENCE_TASKS).eval()
+def test_add_task_leaves_the_other_outputs_unchanged(tiny_encoder):
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
     texts = varied_texts(24)  # padded batches: attending to padding would change the results
     embeddings, proba = model.encode(texts), model.predict_proba(texts)
     model.add_task("language", ["en", "fr"])
