@@ -38,4 +38,11 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__all__ = ["REFERENCE_TASKS", *_LAZY_NAMES]
+__all__ = [
+    "REFERENCE_TASKS",
+    "SentenceMultiTaskConfig",
+    "SentenceMultiTaskModel",
+    "SentenceMultiTaskOutput",
+    "SentenceMultiTaskPipeline",
+    "local_default_encoder",
+]

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 
-
 def read_texts(args) -> list[str]:
     """Texts from arguments, else from --file (one per line, or JSON Lines), else stdin (one per line)."""
     if args.texts and args.file:

@@ -2,8 +2,8 @@
 warning per call, length-sorted batching, pooling, the task heads and the `encode` / `predict` API on top of them.
 
 This file travels with every saved model, next to the modeling file that imports it, and is executed by
-``trust_remote_code``. It imports only torch and the standard library, so the ONNX model can use it without
-transformers' modeling stack.
+``trust_remote_code``. It imports torch, transformers' tokenizers and the standard library, not transformers'
+modeling stack, so that the ONNX model starts without it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,26 @@ def length_sorted_batches(
     progress.close()
 
 
+
+def load_tokenizer(source: str | os.PathLike, encoder_config):
+    """The tokenizer saved at `source` (a folder or Hub id); an error where there is none."""
+    # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and ask again
+    # whether to trust this remote code.
+    tokenizer = AutoTokenizer.from_pretrained(source, config=encoder_config)
+    # Without tokenizer files transformers builds a tokenizer that knows only its special tokens: every word would
+    # become [UNK] and every prediction would be wrong, without an error.
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        files = ["tokenizer.json", "tokenizer_config.json"]
+        if os.path.isdir(source):
+            files = [name for name in files if not os.path.isfile(os.path.join(source, name))] or files
+        raise OSError(
+            f"{source} has no tokenizer vocabulary (missing {', '.join(files)}). Save the tokenizer with the model: "
+            f"model.tokenizer.save_pretrained(folder), or AutoTokenizer.from_pretrained(ENCODER).save_pretrained("
+            f"{str(source)!r}) with the encoder it was trained from (`sentence-multitask train` saves it)."
+        )
+    return tokenizer
+
+
 class SentenceInferenceMixin:
     """
     `encode`, `predict` and `predict_proba` for a model that provides `config` (`tasks`, `pooling`, `hidden_size`,
@@ -237,6 +258,24 @@ class SentenceInferenceMixin:
     encoder's last hidden states of one batch; `_run` calls it under autocast to `autocast_dtype` when that is not
     None). A model may instead override `_run` (the ONNX model does).
     """
+
+    def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
+        """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
+        tokenizer = self.tokenizer
+
+        def encode(batch: list[str], limit: int) -> list[list[int]]:
+            return tokenizer(batch, truncation=True, max_length=limit, return_attention_mask=False,
+                             return_token_type_ids=False, verbose=False)["input_ids"]
+
+        limit = self._max_tokens(max_length, tokenizer)
+        # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
+        with self._tokenizer_lock:
+            return token_ids(encode, texts, limit)
+
+    def _max_tokens(self, max_length: int | None, tokenizer) -> int:
+        """`max_length` checked, None the config's, capped at what the encoder and the tokenizer take."""
+        return max_tokens(max_length, self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None),
+                          getattr(tokenizer, "model_max_length", None))
 
     # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
     inference_precision: str = "fp32"
@@ -355,6 +394,7 @@ __all__ = [
     "TaskHead",
     "check_texts",
     "length_sorted_batches",
+    "load_tokenizer",
     "max_tokens",
     "not_a_model_folder",
     "pool",

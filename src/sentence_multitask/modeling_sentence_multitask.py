@@ -21,29 +21,23 @@ import torch
 from huggingface_hub import HfApi
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
 from .configuration_sentence_multitask import SentenceMultiTaskConfig, _check_tasks
-from .pipeline_sentence_multitask import SentenceMultiTaskPipeline
-from .inference_sentence_multitask import (  # noqa: F401 (re-exported: check_texts, PRECISIONS, ...)
-    PRECISIONS,
-    PROGRESS_BAR_MIN_TEXTS,
+from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     TaskHead,
-    _label_results,
     attention_kernels,
-    check_texts,
     length_sorted_batches,
-    max_tokens,
+    load_tokenizer,
     not_a_model_folder,
     pool,
-    resolve_precision,
-    token_ids,
 )
+from .pipeline_sentence_multitask import SentenceMultiTaskPipeline
 
 logger = logging.get_logger(__name__)
 
@@ -325,24 +319,6 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
 
     # ------------------------------------------------------------------ inference
 
-    def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
-        """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
-        tokenizer = self.tokenizer
-
-        def encode(batch: list[str], limit: int) -> list[list[int]]:
-            return tokenizer(batch, truncation=True, max_length=limit, return_attention_mask=False,
-                             return_token_type_ids=False, verbose=False)["input_ids"]
-
-        limit = self._max_tokens(max_length, tokenizer)
-        # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
-        with self._tokenizer_lock:
-            return token_ids(encode, texts, limit)
-
-    def _max_tokens(self, max_length: int | None, tokenizer) -> int:
-        """`max_length` checked, None the config's, capped at what the encoder and the tokenizer take."""
-        return max_tokens(max_length, self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None),
-                          getattr(tokenizer, "model_max_length", None))
-
     def _batches(self, texts: list[str], batch_size: int, max_length: int | None, show_progress_bar: bool | None):
         """Tokenise once, then yield `(positions, inputs)` batches of similar length (longest first)."""
         device = self.device
@@ -425,25 +401,6 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         return commit
 
 
-def load_tokenizer(source: str | os.PathLike, encoder_config):
-    """The tokenizer saved at `source` (a folder or Hub id); an error where there is none."""
-    # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and ask again
-    # whether to trust this remote code.
-    tokenizer = AutoTokenizer.from_pretrained(source, config=encoder_config)
-    # Without tokenizer files transformers builds a tokenizer that knows only its special tokens: every word would
-    # become [UNK] and every prediction would be wrong, without an error.
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        files = ["tokenizer.json", "tokenizer_config.json"]
-        if os.path.isdir(source):
-            files = [name for name in files if not os.path.isfile(os.path.join(source, name))] or files
-        raise OSError(
-            f"{source} has no tokenizer vocabulary (missing {', '.join(files)}). Save the tokenizer with the model: "
-            f"model.tokenizer.save_pretrained(folder), or AutoTokenizer.from_pretrained(ENCODER).save_pretrained("
-            f"{str(source)!r}) with the encoder it was trained from (`sentence-multitask train` saves it)."
-        )
-    return tokenizer
-
-
 def _check_json(path: str) -> None:
     """A local config.json that is not JSON is named as such (transformers' own error says less)."""
     if not os.path.isfile(path):
@@ -483,5 +440,11 @@ SentenceMultiTaskModel.register_for_auto_class("AutoModel")
 PIPELINE_REGISTRY.register_pipeline("sentence-multitask", pipeline_class=SentenceMultiTaskPipeline,
                                     pt_model=SentenceMultiTaskModel, type="text")
 
-__all__ = ["DEFAULT_ENCODER", "default_encoder", "local_default_encoder", "SentenceMultiTaskModel",
-           "SentenceMultiTaskOutput", "SentenceMultiTaskPreTrainedModel"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "SentenceMultiTaskModel",
+    "SentenceMultiTaskOutput",
+    "SentenceMultiTaskPreTrainedModel",
+    "default_encoder",
+    "local_default_encoder",
+]

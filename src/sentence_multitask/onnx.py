@@ -15,6 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,8 +29,11 @@ from .inference_sentence_multitask import (
     check_texts,
     files_a_save_would_replace,
     length_sorted_batches,
+    load_tokenizer,
 )
-from .modeling_sentence_multitask import SentenceMultiTaskModel, load_tokenizer
+
+if TYPE_CHECKING:  # the ONNX model runs without transformers' modeling stack
+    from .modeling_sentence_multitask import SentenceMultiTaskModel
 
 ONNX_FOLDER = "onnx"
 FP32_FILE = "model.onnx"
@@ -474,7 +478,3 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
         return length_sorted_batches(ids, list, batch_size, pad_id=self.tokenizer.pad_token_id or 0, device=self.device,
                                      token_cap=self.cpu_batch_tokens, show_progress_bar=show_progress_bar,
                                      progress_bar=tqdm)
-
-    # The same tokenisation and truncation as the PyTorch model.
-    _tokenize = SentenceMultiTaskModel._tokenize
-    _max_tokens = SentenceMultiTaskModel._max_tokens
