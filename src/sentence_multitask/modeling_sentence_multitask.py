@@ -390,6 +390,8 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         """
         api = HfApi()
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        if revision and not revision.startswith("refs/pr"):  # upload_folder does not create the branch
+            api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
         if tags:
             self.training_summary = {**self.training_summary, "tags": list(tags)}
         with tempfile.TemporaryDirectory() as folder:
