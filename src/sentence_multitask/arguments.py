@@ -20,6 +20,8 @@ from .sampling import SAMPLING_MODES
 
 DEFAULT_MAX_LENGTH = 128  # --max_length of a new model
 TRAINING_MODES = ("joint", "sequential")
+TEACHER_ANNEALING_MODES = ("linear", "constant")
+LOSS_BALANCING_MODES = ("static", "uncertainty")
 
 
 @dataclass
@@ -74,6 +76,27 @@ class DataArguments:
         default=None,
         metadata={"help": "Label column per task, `TASK=COLUMN`. Default: a column named like the task, else `label`."},
     )
+    task_types: list[str] | None = field(
+        default=None,
+        metadata={"help": "Type per task, `TASK=TYPE`: single_label (one label of N; the default), multi_label (any "
+        "of N: a column of label lists; detected where a column holds lists) or regression (a column of numbers, or "
+        "of lists of numbers). E.g. `--task_types emotions=multi_label urgency=regression`."},
+    )
+    label_delimiter: list[str] | None = field(
+        default=None,
+        metadata={"help": "For a multi-label task whose column holds strings such as `joy;anger`: the separator, "
+        "`TASK=;`."},
+    )
+    allow_empty_labels: bool = field(
+        default=True,
+        metadata={"help": "A multi-label row with an empty list has none of the labels; false: refuse such rows (a "
+        "row without the task holds null)."},
+    )
+    class_weights: list[str] | None = field(
+        default=None,
+        metadata={"help": "Per-label loss weights, `TASK=auto` or `TASK=W1,W2,...` (one per label). auto: inverse "
+        "class frequency (single-label), negatives / positives as each label's pos_weight (multi-label)."},
+    )
     max_length: int | None = field(default=None, metadata={
         "help": "Truncate texts to this many tokens (default 128; continuing from a saved model: its max_length)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per train file."})
@@ -105,8 +128,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     )
     task_sampling: str = field(
         default="proportional",
-        metadata={"help": "How training files are mixed: proportional (to their size), temperature (size^(1/T)) "
-        "or round_robin (equal shares)."},
+        metadata={"help": "How training files are mixed: proportional (to their size), temperature (size^(1/T)), "
+        "round_robin (equal shares) or annealed (size^alpha, alpha from 1 in the first epoch to 0.2 in the last)."},
     )
     sampling_temperature: float = field(default=2.0, metadata={"help": "T of --task_sampling temperature."})
     task_weights: list[str] | None = field(
@@ -122,6 +145,33 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=1e-3,
         metadata={"help": "Learning rate of every task head, also of heads already trained when continuing from a "
                           "saved model (0 or less: same as --learning_rate)."},
+    )
+    teachers: list[str] | None = field(
+        default=None,
+        metadata={"help": "Distil each TASK from a saved sentence-multitask model that has it, `TASK=MODEL` (labels "
+                          "matched by name): its logits are computed once before training (BAM!, Clark et al. 2019)."},
+    )
+    distillation_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature T of the teacher term (scaled by T^2)."}
+    )
+    teacher_annealing: str = field(
+        default="linear",
+        metadata={"help": "Weight of the teacher term: linear (from 1 at the start to 0 at the end of training, the "
+                          "default) or constant (--distillation_weight)."},
+    )
+    distillation_weight: float = field(
+        default=0.5, metadata={"help": "Teacher weight of --teacher_annealing constant, in [0, 1]."}
+    )
+    loss_balancing: str = field(
+        default="static",
+        metadata={"help": "static (--task_weights) or uncertainty (learned per-task weights, Kendall et al. 2018; "
+                          "--task_weights then scale each task's term)."},
+    )
+    hp_search: int = field(
+        default=0,
+        metadata={"help": "Search the recipe first with this many Optuna trials (learning rates, epochs, task "
+                          "sampling, task weights, distillation temperature), then train with the best one. Needs "
+                          "validation data and `pip install 'sentence-multitask[tune]'`."},
     )
     push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
     hub_strategy: str = field(
@@ -173,6 +223,18 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(f"--training_mode must be one of {', '.join(TRAINING_MODES)}, got {self.training_mode!r}.")
         if self.training_mode == "sequential" and not self.primary_tasks:
             raise ValueError("--training_mode sequential needs --primary_tasks (the tasks trained first).")
+        if not self.distillation_temperature > 0:
+            raise ValueError(f"--distillation_temperature must be positive, got {self.distillation_temperature}.")
+        if self.teacher_annealing not in TEACHER_ANNEALING_MODES:
+            raise ValueError(f"--teacher_annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got "
+                             f"{self.teacher_annealing!r}.")
+        if not 0 <= self.distillation_weight <= 1:
+            raise ValueError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}.")
+        if self.loss_balancing not in LOSS_BALANCING_MODES:
+            raise ValueError(f"--loss_balancing must be one of {', '.join(LOSS_BALANCING_MODES)}, got "
+                             f"{self.loss_balancing!r}.")
+        if self.hp_search < 0:
+            raise ValueError(f"--hp_search is a number of trials (0: no search), got {self.hp_search}.")
 
     def __getstate__(self):
         # The Trainer pickles these arguments into every checkpoint (training_args.bin): never the Hub token.

@@ -45,6 +45,7 @@ def training_summary(model_args, data_args, args, data, metrics: dict[str, dict[
         "seed": args.seed,
         "training time": f"{seconds:.0f} s on {max(1, args.world_size)} process(es)",
     }
+    hyper.update(recipe_summary(args))
     return {
         "model_name": Path(args.output_dir).name,
         "repo_id": args.hub_model_id or Path(args.output_dir).name,
@@ -54,8 +55,24 @@ def training_summary(model_args, data_args, args, data, metrics: dict[str, dict[
         "data_note": DEMO_NOTE if demo else "",
         "hyperparameters": hyper,
         "metrics": {task: {k: v for k, v in scores.items() if k != "confusion_matrix"} for task, scores in metrics.items()},
-        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in metrics.items()},
+        "confusion_matrices": {task: scores["confusion_matrix"] for task, scores in metrics.items()
+                               if "confusion_matrix" in scores},  # single-label tasks
     }
+
+
+def recipe_summary(args) -> dict[str, Any]:
+    """The card's lines on distillation, loss balancing and the recipe search, for the runs that used them."""
+    lines: dict[str, Any] = {}
+    if getattr(args, "teachers", None):
+        weight = ("annealed linearly from 1 to 0" if args.teacher_annealing == "linear"
+                  else f"constant {args.distillation_weight}")
+        lines["teachers"] = (f"{', '.join(args.teachers)} (temperature {args.distillation_temperature}, teacher "
+                             f"weight {weight})")
+    if getattr(args, "loss_balancing", "static") != "static":
+        lines["loss balancing"] = f"{args.loss_balancing} (learned task weights)"
+    if getattr(args, "hp_search", 0):
+        lines["recipe search"] = f"best of {args.hp_search} Optuna trials (hp_search.json)"
+    return lines
 
 
 def checkpoint_summary(summary: dict[str, Any], config, step: int, epoch: float) -> dict[str, Any]:

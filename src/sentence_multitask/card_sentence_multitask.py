@@ -57,11 +57,16 @@ $confusion
 
 ## Limitations
 
-The heads only know the labels listed above: every text gets one label per task, even when none fits. Scores are
-softmax probabilities from a model fine-tuned on the data named above; they are not calibrated for other domains.
+The heads only know the labels listed above: a single-label task gives every text one label, even when none fits; a
+multi-label task gives the labels whose probability reaches their threshold (possibly none). Scores are softmax or
+sigmoid probabilities, and regression values are predictions, from a model fine-tuned on the data named above; they
+are not calibrated for other domains.
 """
 
-METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "macro_recall": "Macro-recall"}
+METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "macro_recall": "Macro-recall",
+                "micro_f1": "Micro-F1", "subset_accuracy": "Subset accuracy", "mse": "MSE", "mae": "MAE",
+                "pearson": "Pearson", "spearman": "Spearman"}
+TYPE_NAMES = {"single_label": "single-label", "multi_label": "multi-label", "regression": "regression"}
 
 
 def render_model_card(model) -> str:
@@ -78,7 +83,7 @@ def render_model_card(model) -> str:
     eval_results = [
         EvalResult(
             task_type="text-classification",
-            task_name=f"{task} classification",
+            task_name=f"{task} {'regression' if config.task_type(task) == 'regression' else 'classification'}",
             # The Hub groups model-index results by dataset type: one per task keeps each task's metrics apart.
             dataset_type=f"{task}-validation",
             dataset_name=(summary.get("validation_data") or {}).get(task, f"{task} validation"),
@@ -109,12 +114,32 @@ def render_model_card(model) -> str:
         "repo_id": summary.get("repo_id", "path/to/this/model"),
         "example": "The team won the championship last night!",
         "data_note": summary.get("data_note", ""),
-        "labels": "\n".join(f"- `{task}`: {', '.join(f'`{label}`' for label in labels)}" for task, labels in config.tasks.items()),
+        "labels": _labels_section(config),
         "training": _training_section(summary, config),
-        "metrics": _metrics_table(metrics, summary.get("metrics_note")),
+        "metrics": _metrics_table(metrics, summary.get("metrics_note"), config),
         "confusion": _confusion_section(summary.get("confusion_matrices") or {}, config.tasks),
     }
     return Template(TEMPLATE).safe_substitute(values)
+
+
+def _labels_section(config) -> str:
+    """Each task with its type and labels (or outputs); a multi-label task's thresholds, a regression task's target
+    statistics."""
+    lines = []
+    for task, labels in config.tasks.items():
+        kind = config.task_type(task)
+        names = ", ".join(f"`{label}`" for label in labels)
+        if kind == "multi_label":
+            thresholds = ", ".join(f"`{label}` {value:.3g}" for label, value in zip(labels, config.task_thresholds(task)))
+            lines.append(f"- `{task}` (multi-label: any of the labels, each whose probability reaches its threshold): "
+                         f"{names}. Thresholds: {thresholds}.")
+        elif kind == "regression":
+            mean, std = config.task_target_stats(task)
+            stats = ", ".join(f"`{name}` mean {m:.4g}, std {s:.4g}" for name, m, s in zip(labels, mean, std))
+            lines.append(f"- `{task}` (regression; outputs {names}; training targets: {stats})")
+        else:
+            lines.append(f"- `{task}`: {names}")
+    return "\n".join(lines)
 
 
 def _training_section(summary: dict[str, Any], config) -> str:
@@ -137,18 +162,53 @@ def _training_section(summary: dict[str, Any], config) -> str:
     return "\n".join(lines)
 
 
-def _metrics_table(metrics: dict[str, dict[str, Any]], note: str | None = None) -> str:
-    """The metrics table; without metrics, `note` (e.g. a checkpoint's), or that no evaluation was run."""
+def _metrics_table(metrics: dict[str, dict[str, Any]], note: str | None = None, config=None) -> str:
+    """The metrics tables, one per task type; without metrics, `note` (e.g. a checkpoint's), or that no evaluation
+    was run."""
     if not metrics:
         return note or "No evaluation was run for this model."
-    rows = ["| task | accuracy | macro-F1 | macro-recall | per-class F1 |", "|---|---|---|---|---|"]
-    for task, values in metrics.items():
-        per_class = ", ".join(f"{label} {score:.3f}" for label, score in (values.get("per_class_f1") or {}).items())
-        rows.append(
-            f"| {task} | {values.get('accuracy', float('nan')):.4f} | {values.get('macro_f1', float('nan')):.4f} | "
-            f"{values.get('macro_recall', float('nan')):.4f} | {per_class} |"
-        )
-    return "\n".join(rows)
+    kinds = {task: values.get("task_type") or (config.task_type(task) if config else "single_label")
+             for task, values in metrics.items()}
+    parts = []
+    single = [task for task, kind in kinds.items() if kind == "single_label"]
+    if single:
+        rows = ["| task | accuracy | macro-F1 | macro-recall | per-class F1 |", "|---|---|---|---|---|"]
+        for task in single:
+            values = metrics[task]
+            per_class = ", ".join(f"{label} {score:.3f}" for label, score in (values.get("per_class_f1") or {}).items())
+            rows.append(
+                f"| {task} | {values.get('accuracy', float('nan')):.4f} | {values.get('macro_f1', float('nan')):.4f} | "
+                f"{values.get('macro_recall', float('nan')):.4f} | {per_class} |"
+            )
+        parts.append("\n".join(rows))
+    for task in (task for task, kind in kinds.items() if kind == "multi_label"):
+        parts.append(_multi_label_table(task, metrics[task]))
+    regression = [task for task, kind in kinds.items() if kind == "regression"]
+    if regression:
+        rows = ["| regression task | MSE | MAE | Pearson | Spearman |", "|---|---|---|---|---|"]
+        rows += [f"| {task} | {metrics[task]['mse']:.4g} | {metrics[task]['mae']:.4g} | {metrics[task]['pearson']:.4f} | "
+                 f"{metrics[task]['spearman']:.4f} |" for task in regression]
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _multi_label_table(task: str, values: dict[str, Any]) -> str:
+    """A multi-label task's scores at 0.5 and, when training tuned them, at the tuned thresholds; per-label F1."""
+    tuned = values.get("tuned") or {}
+    lines = [f"Multi-label task `{task}`:\n", "| thresholds | micro-F1 | macro-F1 | subset accuracy |", "|---|---|---|---|"]
+    lines.append(f"| at evaluation | {values['micro_f1']:.4f} | {values['macro_f1']:.4f} | {values['subset_accuracy']:.4f} |")
+    if tuned:
+        lines.append(f"| tuned per label on the same data (optimistic) | {tuned['micro_f1']:.4f} | {tuned['macro_f1']:.4f} "
+                     f"| {tuned['subset_accuracy']:.4f} |")
+    lines += ["", "| label | F1 | " + ("F1, tuned | threshold |" if tuned else ""),
+              "|---|---|" + ("---|---|" if tuned else "")]
+    for label, score in (values.get("per_class_f1") or {}).items():
+        extra = (f" {tuned['per_class_f1'][label]:.3f} | {tuned['thresholds'][label]:.3g} |" if tuned else "")
+        lines.append(f"| {label} | {score:.3f} |{extra}")
+    if tuned.get("fallback_labels"):
+        lines.append(f"\nLabels with too few validation positives take the global threshold "
+                     f"{tuned['global_threshold']:.3g}: {', '.join(tuned['fallback_labels'])}.")
+    return "\n".join(lines)
 
 
 def _confusion_section(matrices: dict[str, list[list[int]]], tasks: dict[str, list[str]]) -> str:

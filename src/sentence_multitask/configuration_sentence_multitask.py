@@ -21,6 +21,9 @@ except ImportError as error:  # a saved model's copy of this file can meet any t
                       f"{transformers.__version__}. Upgrade it: pip install -U 'transformers>=5.20,<6'") from error
 
 POOLING_MODES = ("mean", "cls", "max")
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label", "multi_label", "regression"
+TASK_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+DEFAULT_THRESHOLD = 0.5
 
 
 class SentenceMultiTaskConfig(PretrainedConfig):
@@ -33,8 +36,23 @@ class SentenceMultiTaskConfig(PretrainedConfig):
             defaults to a BERT configuration.
         tasks (`dict[str, list[str]]`):
             Ordered mapping of task name to its ordered label names, e.g.
-            `{"topic": ["sports", "health", ...], "sentiment": ["negative", "neutral", "positive"]}`. Every task needs
-            at least two distinct, non-empty labels. Task names must be non-empty and may not contain a dot.
+            `{"topic": ["sports", "health", ...], "sentiment": ["negative", "neutral", "positive"]}`; for a regression
+            task, the names of its outputs (e.g. `["score"]`). A single-label task needs at least two distinct,
+            non-empty labels, the other types at least one. Task names must be non-empty and may not contain a dot.
+        task_types (`dict[str, str]`, *optional*):
+            Type of each task: `"single_label"` (one label of N: softmax, cross-entropy; the default for a task left
+            out), `"multi_label"` (any of N: one sigmoid per label, binary cross-entropy) or `"regression"` (one real
+            value per output name: mean squared error on standardised targets).
+        thresholds (`dict[str, list[float]]`, *optional*):
+            Per multi-label task, the decision threshold of each label on its sigmoid probability, in label order
+            (values in (0, 1)); a task left out uses 0.5 for every label. Training tunes them on the validation data.
+        target_stats (`dict[str, dict[str, list[float]]]`, *optional*):
+            Per regression task, `{"mean": [...], "std": [...]}` of its training targets, one number per output: the
+            head predicts `(target - mean) / std` and the model returns values in the targets' own units. A task left
+            out uses mean 0 and std 1.
+        class_weights (`dict[str, list[float]]`, *optional*):
+            Per classification task, one positive weight per label: the class weight of the cross-entropy
+            (single-label) or the `pos_weight` of each label's binary cross-entropy (multi-label).
         head_hidden_size (`int`, *optional*):
             Width of each head's hidden layer; defaults to half the encoder's hidden size.
         head_dropout (`float`, *optional*, defaults to 0.1):
@@ -43,7 +61,7 @@ class SentenceMultiTaskConfig(PretrainedConfig):
             How token states become one sentence embedding: `"mean"` (over the attention mask), `"cls"` (first
             token) or `"max"` (over the attention mask).
         task_weights (`dict[str, float]`, *optional*):
-            Weight of each task's cross-entropy in the loss; missing tasks weigh 1.0.
+            Weight of each task's loss in the total loss; missing tasks weigh 1.0.
         max_length (`int`, *optional*, defaults to 256):
             Number of tokens a text is truncated to by `encode` and `predict`.
 
@@ -69,10 +87,14 @@ class SentenceMultiTaskConfig(PretrainedConfig):
     pooling: str = "mean"
     task_weights: dict | None = None
     max_length: int = 256
+    task_types: dict | None = None
+    thresholds: dict | None = None
+    target_stats: dict | None = None
+    class_weights: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.tasks = _check_tasks(self.tasks or {})
+        self.check_heads()
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"Unknown pooling mode {self.pooling!r}: use one of {', '.join(POOLING_MODES)}.")
         if isinstance(self.head_dropout, bool) or not isinstance(self.head_dropout, (int, float)) \
@@ -110,6 +132,32 @@ class SentenceMultiTaskConfig(PretrainedConfig):
             )
         return super().from_dict(config_dict, **kwargs)
 
+    def check_heads(self) -> None:
+        """Check `tasks` with their `task_types`, `thresholds`, `target_stats` and `class_weights`, and store them
+        normalised (settings at their defaults are left out, so a config of single-label tasks saves as before)."""
+        self.tasks = _check_tasks(self.tasks or {}, self.task_types)
+        self.task_types = _check_types(self.tasks, self.task_types)
+        self.thresholds = _check_per_label("thresholds", self.thresholds, self.tasks, self.task_types, (MULTI_LABEL,),
+                                           lambda value: 0 < value < 1, "a number in (0, 1)")
+        self.class_weights = _check_per_label("class_weights", self.class_weights, self.tasks, self.task_types,
+                                              (SINGLE_LABEL, MULTI_LABEL), lambda value: 0 < value < math.inf,
+                                              "a positive number")
+        self.target_stats = _check_target_stats(self.target_stats, self.tasks, self.task_types)
+
+    def task_type(self, task: str) -> str:
+        """`"single_label"`, `"multi_label"` or `"regression"`."""
+        return (self.task_types or {}).get(task, SINGLE_LABEL)
+
+    def task_thresholds(self, task: str) -> list[float]:
+        """The decision threshold of each label of a multi-label task."""
+        return list((self.thresholds or {}).get(task) or [DEFAULT_THRESHOLD] * len(self.tasks[task]))
+
+    def task_target_stats(self, task: str) -> tuple[list[float], list[float]]:
+        """(mean, std) of each output of a regression task."""
+        stats = (self.target_stats or {}).get(task)
+        outputs = len(self.tasks[task])
+        return (list(stats["mean"]), list(stats["std"])) if stats else ([0.0] * outputs, [1.0] * outputs)
+
     def to_json_string(self, use_diff: bool = True) -> str:
         # transformers sorts every key; the order of the tasks is part of the model (outputs, ONNX graph), keep it.
         data = json.loads(super().to_json_string(use_diff))
@@ -139,7 +187,7 @@ def _whole(value, minimum: int) -> bool:
             and value >= minimum)
 
 
-def _check_tasks(tasks) -> dict[str, list[str]]:
+def _check_tasks(tasks, task_types=None) -> dict[str, list[str]]:
     if not isinstance(tasks, dict):
         raise TypeError(
             f"tasks must be a dict mapping task name to its label names, got {type(tasks).__name__}; "
@@ -156,8 +204,10 @@ def _check_tasks(tasks) -> dict[str, list[str]]:
         if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
             raise TypeError(f"Labels of task {task!r} must be a list of names, got {labels!r}.")
         labels = list(labels)
-        if len(labels) < 2:
-            raise ValueError(f"Task {task!r} needs at least two labels, got {labels}.")
+        single = (task_types or {}).get(task, SINGLE_LABEL) == SINGLE_LABEL
+        if len(labels) < (2 if single else 1):
+            raise ValueError(f"Task {task!r} needs at least two labels, got {labels}." if single else
+                             f"Task {task!r} needs at least one label (or output name), got {labels}.")
         for label in labels:
             if not isinstance(label, str) or not label.strip():
                 raise ValueError(f"Task {task!r} has an empty or non-string label {label!r}; labels are names.")
@@ -171,4 +221,70 @@ def _check_tasks(tasks) -> dict[str, list[str]]:
     return checked
 
 
-__all__ = ["SentenceMultiTaskConfig"]
+def _check_types(tasks: dict[str, list[str]], task_types) -> dict[str, str] | None:
+    if task_types is None:
+        return None
+    if not isinstance(task_types, dict):
+        raise TypeError(f"task_types must be a dict mapping task name to its type, got {type(task_types).__name__}; "
+                        f'e.g. {{"emotions": "{MULTI_LABEL}"}}.')
+    unknown = sorted(set(task_types) - set(tasks))
+    if unknown:
+        raise ValueError(f"task_types names unknown task(s) {unknown}; the tasks are {list(tasks)}.")
+    for task, kind in task_types.items():
+        if kind not in TASK_TYPES:
+            raise ValueError(f"Task {task!r} has unknown type {kind!r}; use one of {', '.join(TASK_TYPES)}.")
+    checked = {task: task_types[task] for task in tasks if task_types.get(task, SINGLE_LABEL) != SINGLE_LABEL}
+    return checked or None
+
+
+def _check_per_label(name: str, values, tasks, task_types, kinds, valid, expected: str) -> dict | None:
+    """A `{task: [one number per label]}` setting of tasks of the given `kinds`."""
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise TypeError(f"{name} must be a dict mapping task name to one number per label, got "
+                        f"{type(values).__name__}.")
+    checked = {}
+    for task, numbers in values.items():
+        if task not in tasks:
+            raise ValueError(f"{name} names unknown task {task!r}; the tasks are {list(tasks)}.")
+        kind = (task_types or {}).get(task, SINGLE_LABEL)
+        if kind not in kinds:
+            raise ValueError(f"{name} applies to {' and '.join(kinds)} tasks; task {task!r} is {kind}. Remove it.")
+        if isinstance(numbers, (str, bytes)) or not isinstance(numbers, (list, tuple)) or len(numbers) != len(tasks[task]):
+            raise ValueError(f"{name}[{task!r}] must list one number per label ({len(tasks[task])}: "
+                             f"{tasks[task]}), got {numbers!r}.")
+        for number in numbers:
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not valid(number):
+                raise ValueError(f"{name}[{task!r}] holds {number!r}; each value must be {expected}.")
+        checked[task] = [float(number) for number in numbers]
+    return checked or None
+
+
+def _check_target_stats(stats, tasks, task_types) -> dict | None:
+    if stats is None:
+        return None
+    if not isinstance(stats, dict):
+        raise TypeError(f"target_stats must be a dict mapping task name to {{'mean': [...], 'std': [...]}}, got "
+                        f"{type(stats).__name__}.")
+    checked = {}
+    for task, values in stats.items():
+        if task not in tasks or (task_types or {}).get(task) != REGRESSION:
+            raise ValueError(f"target_stats names {task!r}, which is no regression task; the regression tasks are "
+                             f"{[name for name, kind in (task_types or {}).items() if kind == REGRESSION]}.")
+        outputs = len(tasks[task])
+        if not isinstance(values, dict) or set(values) != {"mean", "std"}:
+            raise ValueError(f"target_stats[{task!r}] must be {{'mean': [...], 'std': [...]}}, got {values!r}.")
+        for key in ("mean", "std"):
+            numbers = values[key]
+            if not isinstance(numbers, (list, tuple)) or len(numbers) != outputs or any(
+                    isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n)
+                    or (key == "std" and n <= 0) for n in numbers):
+                wanted = "positive numbers" if key == "std" else "finite numbers"
+                raise ValueError(f"target_stats[{task!r}][{key!r}] must list {outputs} {wanted} (one per output "
+                                 f"{tasks[task]}), got {numbers!r}.")
+        checked[task] = {"mean": [float(n) for n in values["mean"]], "std": [float(n) for n in values["std"]]}
+    return checked or None
+
+
+__all__ = ["DEFAULT_THRESHOLD", "MULTI_LABEL", "REGRESSION", "SINGLE_LABEL", "TASK_TYPES", "SentenceMultiTaskConfig"]

@@ -21,9 +21,10 @@ from datasets.fingerprint import generate_random_fingerprint
 import numpy as np
 import torch
 
-from . import REFERENCE_TASKS
+from . import REFERENCE_TASKS, task_labels
 from .arguments import DataArguments, parse_key_values, parse_labels
-from .inference_sentence_multitask import max_tokens
+from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
+from .inference_sentence_multitask import labelled, max_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,13 @@ def label_id(value: Any) -> int | None:
     return None
 
 
-def check_label_types(spec: DataSpec, dataset: datasets.Dataset, columns: dict[str, str], split: str) -> None:
-    """A label column holds names (str) or ids (whole numbers), not both, and nothing else; name the first offending
-    row."""
+def check_label_types(spec: DataSpec, dataset: datasets.Dataset, columns: dict[str, str], split: str,
+                      task_types: dict[str, str] | None = None) -> None:
+    """A single-label task's column holds names (str) or ids (whole numbers), not both, and nothing else; name the
+    first offending row. (The cells of the other task types are checked as they are encoded.)"""
     for task, column in columns.items():
+        if (task_types or {}).get(task, SINGLE_LABEL) != SINGLE_LABEL:
+            continue
         kind = None
         for index, value in enumerate(dataset[column]):
             if is_missing_label(value):
@@ -145,7 +149,9 @@ def check_label_types(spec: DataSpec, dataset: datasets.Dataset, columns: dict[s
             if found is None or (kind is not None and found != kind):
                 expected = f"label {kind}s like the rows before it" if kind else "a label name or id"
                 if found is None and isinstance(value, float):
-                    expected += " (an id is a whole number)"
+                    expected += " (an id is a whole number; numeric targets: --task_types TASK=regression)"
+                if isinstance(value, list):
+                    expected += " (a list of labels: --task_types TASK=multi_label)"
                 raise DataError(
                     f"{spec.name} ({split}), {row_name(spec, index)}: label {value!r} of type {type(value).__name__} "
                     f"for task {task!r} (column {column!r}); expected {expected}. Use one kind of label per column."
@@ -210,15 +216,27 @@ def resolve_columns(spec, dataset, tasks, label_columns, text_column, split) -> 
     return columns
 
 
-def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Label lists: as given, else the sorted distinct string labels of the training data (logged)."""
+def infer_labels(sources, tasks: list[str], given: dict[str, list[str]], task_types: dict[str, str] | None = None,
+                 delimiters: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Label lists: as given, else the sorted distinct string labels of the training data (logged); a regression
+    task's outputs are named after the task (`task`, or `task_0`, `task_1`, ... for lists of numbers)."""
     labels = {}
+    task_types, delimiters = task_types or {}, delimiters or {}
     for task in tasks:
         carriers = [(dataset, columns[task]) for spec, dataset, columns in sources if task in columns]
         if task in given and carriers:  # a carrying file with no label at all is named by prepare_data's build()
             labels[task] = given[task]
             continue
-        found = {value for dataset, column in carriers for value in dataset[column] if not is_missing_label(value)}
+        kind = task_types.get(task, SINGLE_LABEL)
+        if kind == REGRESSION:
+            count = task_labels.output_count(value for dataset, column in carriers for value in dataset[column])
+            labels[task] = [task] if count == 1 else [f"{task}_{i}" for i in range(count)]
+            continue
+        if kind == MULTI_LABEL:
+            found = {value for dataset, column in carriers
+                     for value in task_labels.infer_multi_label(dataset[column], delimiters.get(task))}
+        else:
+            found = {value for dataset, column in carriers for value in dataset[column] if not is_missing_label(value)}
         if not found:
             raise DataError(f"Task {task!r} has no labelled training row; give data for it (TASK=PATH in --train_files, "
                             "or a column named like the task), or drop it from --tasks / --labels.")
@@ -232,8 +250,10 @@ def infer_labels(sources, tasks: list[str], given: dict[str, list[str]]) -> dict
     return labels
 
 
-def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[str, list[int]]:
-    """Check every text and label before training starts; return label ids per task (-100 = no label)."""
+def encode_labels(spec, dataset, columns, labels, text_column, split, task_types: dict[str, str] | None = None,
+                  delimiters: dict[str, str] | None = None, allow_empty: bool = True) -> dict[str, list]:
+    """Check every text and label before training starts; return each task's labels: class ids of a single-label
+    task (-100 = no label), 0/1 rows of a multi-label task and target rows of a regression task (NaN = no label)."""
     for index, text in enumerate(dataset[text_column]):
         if text is not None and not isinstance(text, str):
             raise DataError(
@@ -247,6 +267,11 @@ def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[st
             )
     encoded = {}
     for task, column in columns.items():
+        kind = (task_types or {}).get(task, SINGLE_LABEL)
+        if kind != SINGLE_LABEL:
+            encoded[task] = _encode_rows(spec, dataset[column], task, column, labels[task], kind, split,
+                                         (delimiters or {}).get(task), allow_empty)
+            continue
         names = labels[task]
         index_of = {name: i for i, name in enumerate(names)}
         ids = []
@@ -272,6 +297,22 @@ def encode_labels(spec, dataset, columns, labels, text_column, split) -> dict[st
     return encoded
 
 
+def _encode_rows(spec, values, task, column, names, kind, split, delimiter, allow_empty) -> list[list[float]]:
+    """The rows of a multi-label or regression column; a bad cell stops with its file, row and the fix."""
+    nan_is_blank = Path(spec.source).suffix.lower() == ".csv"  # a blank CSV cell reads as NaN
+    rows = []
+    for index, value in enumerate(values):
+        try:
+            if kind == MULTI_LABEL:
+                rows.append(task_labels.multi_hot(value, names, delimiter, allow_empty))
+            else:
+                rows.append(task_labels.targets(value, len(names), nan_is_blank))
+        except task_labels.LabelProblem as problem:
+            raise DataError(f"{spec.name} ({split}), {row_name(spec, index)}: {kind.replace('_', '-')} task {task!r} "
+                            f"(column {column!r}): {problem}.") from None
+    return rows
+
+
 @dataclass
 class PreparedData:
     tasks: dict[str, list[str]]
@@ -281,10 +322,14 @@ class PreparedData:
     description: dict[str, str]
     validation_description: dict[str, str]
     dataset_names: list[str]
+    # Config settings of the heads the data calls for: task_types, target_stats, class_weights (None: defaults).
+    heads: dict[str, Any] | None = None
 
 
-def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, list[str]] | None = None) -> PreparedData:
-    """Load, check, label-encode and tokenise every source; concatenate them with a `source` column."""
+def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, list[str]] | None = None,
+                 given_types: dict[str, str] | None = None) -> PreparedData:
+    """Load, check, label-encode and tokenise every source; concatenate them with a `source` column. `given_labels`
+    and `given_types`: a saved model's label lists and task types, unless the options give them anew."""
     train_specs = parse_specs(data_args.train_files) + parse_specs(data_args.dataset_names, is_hub=True)
     validation_specs = parse_specs(data_args.validation_files)
     if data_args.dataset_names and data_args.validation_split:
@@ -307,33 +352,44 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         raise ValueError("No tasks named: use --tasks, --labels TASK=..., or TASK=PATH in --train_files.")
     label_columns = parse_key_values(data_args.label_columns, "--label_columns")
 
+    delimiters = parse_key_values(data_args.label_delimiter, "--label_delimiter")
+    given_types = {**(given_types or {}), **task_labels.parse_task_types(data_args.task_types, tasks)}
+
     def load_all(specs, split, max_rows):
         loaded = []
         for spec in specs:
             dataset = load_source(spec, split, max_rows)
             columns = resolve_columns(spec, dataset, tasks, label_columns, data_args.text_column, split)
-            check_label_types(spec, dataset, columns, split)
             loaded.append((spec, dataset, columns))
         return loaded
 
     train_sources = load_all(train_specs, data_args.train_split, data_args.max_train_samples)
     validation_sources = load_all(validation_specs, data_args.validation_split or "validation", data_args.max_eval_samples)
-    labels = infer_labels(train_sources, tasks, label_spec)
+    types = task_labels.detect_types(train_sources, tasks, given_types)
+    for sources, split in ((train_sources, data_args.train_split),
+                           (validation_sources, data_args.validation_split or "validation")):
+        for spec, dataset, columns in sources:
+            check_label_types(spec, dataset, columns, split, types)
+    labels = infer_labels(train_sources, tasks, label_spec, types, delimiters)
+    train_rows: dict[str, list] = {task: [] for task in labels}
 
     def build(sources, split):
         parts = []
         for number, (spec, dataset, columns) in enumerate(sources):
-            ids = encode_labels(spec, dataset, columns, labels, data_args.text_column, split)
+            ids = encode_labels(spec, dataset, columns, labels, data_args.text_column, split, types, delimiters,
+                                data_args.allow_empty_labels)
             if split == data_args.train_split:
                 for task, task_ids in ids.items():
-                    if all(value == IGNORE for value in task_ids):
+                    train_rows[task] += task_ids
+                    if not labelled(np.asarray(task_ids, dtype=np.float64)).any():
                         raise DataError(
                             f"{spec.name} ({split}): every row lacks a label for task {task!r}; fill the column "
                             f"{columns[task]!r} or do not assign the task to this file."
                         )
             table = {"text": dataset[data_args.text_column], "source": [number] * len(dataset)}
             for task in labels:
-                table[LABEL_PREFIX + task] = ids.get(task, [IGNORE] * len(dataset))
+                missing = IGNORE if types[task] == SINGLE_LABEL else [task_labels.NAN] * len(labels[task])
+                table[LABEL_PREFIX + task] = ids.get(task, [missing] * len(dataset))
             parts.append(datasets.Dataset.from_dict(table))
         combined = datasets.concatenate_datasets(parts)
         return combined.map(
@@ -360,6 +416,13 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         for task in labels
     }
     names = [spec.source for spec, _, _ in train_sources if spec.is_hub]
+    heads = {
+        "task_types": {task: kind for task, kind in types.items() if kind != SINGLE_LABEL} or None,
+        "target_stats": {task: task_labels.target_stats(train_rows[task]) for task in labels
+                         if types[task] == REGRESSION} or None,
+        "class_weights": task_labels.class_weights(data_args.class_weights, types, labels, train_rows) or None,
+    }
+    SentenceMultiTaskConfig(tasks=labels, **heads)  # the config's own checks, before any training
     return PreparedData(
         tasks=labels,
         train=train,
@@ -368,6 +431,7 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         description=description,
         validation_description={task: value for task, value in validation_description.items() if value},
         dataset_names=names,
+        heads=heads,
     )
 
 
@@ -387,7 +451,12 @@ class MultiTaskCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         features = [{key: row[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in row} for row in rows]
         batch = dict(self.tokenizer.pad(features, padding="longest", return_tensors="pt"))
-        batch["labels"] = {task: torch.tensor([row[LABEL_PREFIX + task] for row in rows], dtype=torch.long) for task in self.tasks}
+        batch["labels"] = {}
+        for task in self.tasks:
+            values = [row[LABEL_PREFIX + task] for row in rows]
+            # Class ids of a single-label task; 0/1 rows (multi-label) or targets (regression) of the others.
+            dtype = torch.float32 if isinstance(values[0], list) else torch.long
+            batch["labels"][task] = torch.tensor(values, dtype=dtype)
         return batch
 
 
@@ -395,10 +464,9 @@ def rows_with_labels(dataset: datasets.Dataset | None, tasks: Sequence[str]) -> 
     """The rows of `dataset` that have a label for at least one of `tasks`."""
     if dataset is None:
         return None
-    columns = [LABEL_PREFIX + task for task in tasks]
     keep = np.zeros(len(dataset), dtype=bool)
-    for column in columns:
-        keep |= np.asarray(dataset[column]) != IGNORE
+    for task in tasks:
+        keep |= labelled(np.asarray(dataset[LABEL_PREFIX + task], dtype=np.float64))
     return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
 
 

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
+from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL
+
 logger = logging.getLogger(__name__)
 
 PROGRESS_BAR_MIN_TEXTS = 256
@@ -29,6 +31,7 @@ PROGRESS_BAR_MIN_TEXTS = 256
 # afresh on every layer (docs/performance.md has the measurement).
 CPU_BATCH_TOKENS = 2048
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+IGNORE_INDEX = -100  # class id of a row without a label for a single-label task
 
 
 class TaskHead(nn.Module):
@@ -140,12 +143,49 @@ def check_texts(texts) -> list[str]:
     return list(texts)
 
 
-def _label_results(logits: Mapping[str, torch.Tensor], tasks: Mapping[str, list[str]], return_all_scores: bool):
-    n = len(next(iter(logits.values())))
+def labelled(labels):
+    """Which rows of one task's label tensor or array carry a label: class ids other than -100 (single-label, shape
+    `(batch,)`), rows without NaN (multi-label 0/1 rows and regression targets, shape `(batch, outputs)`)."""
+    if labels.ndim == 1:
+        return labels != IGNORE_INDEX
+    return (labels == labels).all(-1)  # NaN is the one value unequal to itself
+
+
+def serve(config, task: str, raw: torch.Tensor) -> torch.Tensor:
+    """A head's output as the model serves it: logits of a single-label task (softmax is left to the caller),
+    sigmoid probabilities of a multi-label task, values of a regression task in the targets' units (the head predicts
+    standardised targets). The ONNX graph bakes this in."""
+    kind = config.task_type(task)
+    if kind == MULTI_LABEL:
+        return raw.sigmoid()
+    if kind == REGRESSION:
+        mean, std = config.task_target_stats(task)
+        return raw * raw.new_tensor(std) + raw.new_tensor(mean)
+    return raw
+
+
+def _label_results(outputs: Mapping[str, torch.Tensor], config, return_all_scores: bool):
+    """One dict per text of every task's result, from served outputs (see `serve`)."""
+    n = len(next(iter(outputs.values())))
     results: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
-    for task, task_logits in logits.items():
-        labels = tasks[task]
-        probs = task_logits.float().softmax(-1)
+    for task, values in outputs.items():
+        labels, kind = config.tasks[task], config.task_type(task)
+        values = values.float()
+        if kind == REGRESSION:
+            rows = values.tolist()
+            for i in range(n):
+                results[i][task] = {"value": rows[i][0]} if len(labels) == 1 else {"values": dict(zip(labels, rows[i]))}
+            continue
+        if kind == MULTI_LABEL:
+            chosen = (values >= values.new_tensor(config.task_thresholds(task))).tolist()
+            rows = values.tolist()
+            for i in range(n):
+                names = [label for label, keep in zip(labels, chosen[i]) if keep]
+                shown = labels if return_all_scores else names
+                results[i][task] = {"labels": names,
+                                    "scores": {label: rows[i][labels.index(label)] for label in shown}}
+            continue
+        probs = values.softmax(-1)
         scores, best = probs.max(-1)
         probs_list, scores_list, best_list = probs.tolist(), scores.tolist(), best.tolist()
         for i in range(n):
@@ -316,7 +356,7 @@ class SentenceInferenceMixin:
                 embeddings[index] = pooled.float().cpu()
                 if with_heads:
                     for task, head in self.heads.items():
-                        logits[task][index] = head(pooled).float().cpu()
+                        logits[task][index] = serve(self.config, task, head(pooled).float()).cpu()
         return embeddings, logits
 
     def encode(
@@ -368,36 +408,45 @@ class SentenceInferenceMixin:
         precision: str | None = None,
     ) -> list[dict[str, dict[str, Any]]]:
         """
-        Every task's label for each text, in input order (options as for `encode`).
+        Every task's result for each text, in input order (options as for `encode`).
 
         Returns:
-            One dict per text: `{task: {"label": name, "score": probability}}`, plus `"scores"`
-            (`{label: probability}` over all labels) when `return_all_scores=True`. A single string gives one dict.
+            One dict per text, `{task: result}`. A single-label task gives `{"label": name, "score": probability}`,
+            plus `"scores"` (`{label: probability}` over all labels) when `return_all_scores=True`; a multi-label
+            task `{"labels": [names at or over their thresholds], "scores": {label: probability}}` (the chosen labels,
+            or all with `return_all_scores=True`); a regression task `{"value": number}` (one output) or
+            `{"values": {output: number}}`, in the targets' units. A single string gives one dict.
         """
         _, logits = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=True, precision=precision)
-        results = _label_results(logits, self.config.tasks, return_all_scores)
+        results = _label_results(logits, self.config, return_all_scores)
         return results[0] if isinstance(texts, str) else results
 
     def predict_proba(
         self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None, precision: str | None = None
     ) -> dict[str, torch.Tensor]:
-        """Per task, class probabilities of shape `(len(texts), num_labels)` in the configured label order."""
-        _, logits = self._run(texts, batch_size, max_length, None, with_heads=True, precision=precision)
-        return {task: task_logits.softmax(-1) for task, task_logits in logits.items()}
+        """Per task, a tensor of shape `(len(texts), num_labels)` in the configured label order: class probabilities
+        (single-label: softmax; multi-label: one sigmoid per label), or a regression task's values in its targets'
+        units."""
+        _, outputs = self._run(texts, batch_size, max_length, None, with_heads=True, precision=precision)
+        return {task: values.softmax(-1) if self.config.task_type(task) == SINGLE_LABEL else values
+                for task, values in outputs.items()}
 
 
 __all__ = [
     "CPU_BATCH_TOKENS",
+    "IGNORE_INDEX",
     "PRECISIONS",
     "PROGRESS_BAR_MIN_TEXTS",
     "SentenceInferenceMixin",
     "TaskHead",
     "check_texts",
     "length_sorted_batches",
+    "labelled",
     "load_tokenizer",
     "max_tokens",
     "not_a_model_folder",
     "pool",
     "resolve_precision",
+    "serve",
     "token_ids",
 ]

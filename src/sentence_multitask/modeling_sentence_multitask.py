@@ -27,11 +27,12 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
-from .configuration_sentence_multitask import SentenceMultiTaskConfig, _check_tasks
+from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
 from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     TaskHead,
     attention_kernels,
+    labelled,
     length_sorted_batches,
     load_tokenizer,
     not_a_model_folder,
@@ -64,9 +65,11 @@ class SentenceMultiTaskOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-            Weighted sum over tasks of the mean cross-entropy over the examples labelled for that task.
+            Weighted sum over tasks of each task's mean loss over the examples labelled for it.
         logits (`dict[str, torch.FloatTensor]`):
-            Per task, the unnormalised class scores of shape `(batch_size, num_labels_of_task)`.
+            Per task, the head's raw output of shape `(batch_size, num_labels_of_task)`: unnormalised class scores
+            (single-label), one logit per label (multi-label) or standardised values (regression);
+            `inference_sentence_multitask.serve` turns them into what `predict` returns.
         embeddings (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             Pooled sentence embeddings (not normalised).
     """
@@ -220,13 +223,26 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         model._tokenizer = load_tokenizer(path, encoder_config)
         return model
 
-    def add_task(self, task: str, labels: Sequence[str]) -> None:
-        """Add a task with a freshly initialised head (e.g. to train it on top of an already trained encoder)."""
+    def add_task(self, task: str, labels: Sequence[str], task_type: str = SINGLE_LABEL, **settings) -> None:
+        """Add a task with a freshly initialised head (e.g. to train it on top of an already trained encoder).
+        `task_type` and `settings` (`thresholds`, `target_stats`, `class_weights` of this task) as the config takes
+        them."""
         if task in self.config.tasks:
             raise ValueError(f"Task {task!r} already exists with labels {self.config.tasks[task]}.")
-        # Checks only the tasks: a new config built on this model's encoder config would reset the encoder's attention
-        # implementation, and padded batches would then attend to their padding.
-        self.config.tasks = _check_tasks({**self.config.tasks, task: list(labels)})
+        config = self.config
+        before = {name: getattr(config, name) for name in ("tasks", "task_types", *settings)}
+        # Checks the heads' settings only: a new config built on this model's encoder config would reset the encoder's
+        # attention implementation, and padded batches would then attend to their padding.
+        config.tasks = {**config.tasks, task: list(labels)}
+        config.task_types = {**(config.task_types or {}), task: task_type}
+        for name, value in settings.items():
+            setattr(config, name, {**(getattr(config, name) or {}), task: value})
+        try:
+            config.check_heads()
+        except (TypeError, ValueError):
+            for name, value in before.items():
+                setattr(config, name, value)
+            raise
         head = TaskHead(self.config.hidden_size, self.config.head_size, len(labels), self.config.head_dropout)
         head.apply(self._init_weights)
         self.heads[task] = head.to(device=self.device, dtype=self.dtype).train(self.training)
@@ -273,9 +289,11 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         **kwargs,
     ) -> SentenceMultiTaskOutput | tuple:
         r"""
-        labels (`dict[str, torch.LongTensor]`, *optional*):
-            One tensor of shape `(batch_size,)` per task, keyed by task name, holding class ids; `-100` marks an
-            example without a label for that task. Tasks may be left out.
+        labels (`dict[str, torch.Tensor]`, *optional*):
+            One tensor per task, keyed by task name: class ids of shape `(batch_size,)` for a single-label task
+            (`-100`: no label); 0/1 rows of shape `(batch_size, num_labels)` for a multi-label task and targets of
+            shape `(batch_size, num_outputs)` in their own units for a regression task (a row of NaN: no label).
+            Tasks may be left out.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -296,8 +314,10 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
 
     def compute_loss(self, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
                      label_smoothing: float = 0.0) -> torch.Tensor:
-        """Weighted sum over tasks of the mean cross-entropy over that task's labelled examples (-100 = none), with
-        `label_smoothing` as torch's cross_entropy takes it (the Trainer's --label_smoothing_factor)."""
+        """Weighted sum over tasks of each task's mean loss over its labelled examples: cross-entropy (single-label,
+        with `label_smoothing` as torch's cross_entropy takes it: the Trainer's --label_smoothing_factor), binary
+        cross-entropy per label (multi-label) or mean squared error on standardised targets (regression); class
+        weights from the config."""
         if not isinstance(labels, Mapping):
             raise TypeError(f"labels must be a dict of task name -> tensor, got {type(labels).__name__}.")
         unknown = sorted(set(labels) - set(logits))
@@ -308,12 +328,26 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         for task, task_labels in labels.items():
             if task_labels is None:
                 continue
-            task_labels = task_labels.to(logits[task].device).long().view(-1)
-            labelled = task_labels != -100
-            if not bool(labelled.any()):
+            task_logits = logits[task].float()
+            task_labels = task_labels.to(task_logits.device)
+            kind = self.config.task_type(task)
+            if kind == SINGLE_LABEL:
+                task_labels = task_labels.long().view(-1)
+            keep = labelled(task_labels)
+            if not bool(keep.any()):
                 continue
-            task_loss = nn.functional.cross_entropy(logits[task][labelled].float(), task_labels[labelled],
-                                                    label_smoothing=label_smoothing)
+            weights = (self.config.class_weights or {}).get(task)
+            weights = task_logits.new_tensor(weights) if weights else None
+            if kind == MULTI_LABEL:
+                task_loss = nn.functional.binary_cross_entropy_with_logits(
+                    task_logits[keep], task_labels[keep].float(), pos_weight=weights)
+            elif kind == REGRESSION:
+                mean, std = self.config.task_target_stats(task)
+                targets = (task_labels[keep].float() - task_logits.new_tensor(mean)) / task_logits.new_tensor(std)
+                task_loss = nn.functional.mse_loss(task_logits[keep], targets)
+            else:
+                task_loss = nn.functional.cross_entropy(task_logits[keep], task_labels[keep], weight=weights,
+                                                        label_smoothing=label_smoothing)
             loss = loss + self.config.task_weight(task) * task_loss
         return loss
 

@@ -23,13 +23,14 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
-from .configuration_sentence_multitask import SentenceMultiTaskConfig
+from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
 from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     check_texts,
     files_a_save_would_replace,
     length_sorted_batches,
     load_tokenizer,
+    serve,
 )
 
 if TYPE_CHECKING:  # the ONNX model runs without transformers' modeling stack
@@ -57,6 +58,13 @@ logger = logging.get_logger(__name__)
 def label_margin(probabilities) -> torch.Tensor:
     """Per text, the smallest gap, over tasks, between the probabilities of its two most likely labels."""
     return torch.stack([(top := p.topk(2, dim=-1).values)[:, 0] - top[:, 1] for p in probabilities]).min(0).values
+
+
+def output_name(config: SentenceMultiTaskConfig, task: str) -> str:
+    """The graph output of `task`: `logits_TASK` (single-label), `probabilities_TASK` (multi-label: sigmoid baked in)
+    or `values_TASK` (regression: in the targets' units)."""
+    prefix = {SINGLE_LABEL: "logits", MULTI_LABEL: "probabilities", REGRESSION: "values"}[config.task_type(task)]
+    return f"{prefix}_{task}"
 
 
 def _holds_another_model(folder: Path, model: SentenceMultiTaskModel) -> bool:
@@ -88,7 +96,8 @@ def _require(module: str):
 
 
 class _Graph(nn.Module):
-    """What the ONNX graph computes: token ids -> (embeddings, logits of every task in config order)."""
+    """What the ONNX graph computes: token ids -> (embeddings, every task's output in config order, as `serve` gives
+    it: logits, sigmoid probabilities or values in the targets' units)."""
 
     def __init__(self, model: SentenceMultiTaskModel):
         super().__init__()
@@ -96,7 +105,8 @@ class _Graph(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         output = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        return (output.embeddings, *(output.logits[task] for task in self.model.config.tasks))
+        config = self.model.config
+        return (output.embeddings, *(serve(config, task, output.logits[task]) for task in config.tasks))
 
 
 def export_onnx(model: SentenceMultiTaskModel, output_dir: str | os.PathLike, quantize: bool = False,
@@ -159,19 +169,19 @@ def _export(model: SentenceMultiTaskModel, output_dir: Path, quantize: bool, cal
     try:
         dummy = model.tokenizer(["a short text", "a somewhat longer text for the export"], padding=True,
                                 return_tensors="pt", return_token_type_ids=False)
-        tasks = list(model.config.tasks)
+        outputs = [output_name(model.config, task) for task in model.config.tasks]
         with torch.no_grad():
             torch.onnx.export(
                 _Graph(model),
                 (dummy["input_ids"], dummy["attention_mask"]),
                 str(raw),
                 input_names=["input_ids", "attention_mask"],
-                output_names=["embeddings", *[f"logits_{task}" for task in tasks]],
+                output_names=["embeddings", *outputs],
                 dynamic_axes={
                     "input_ids": {0: "batch", 1: "sequence"},
                     "attention_mask": {0: "batch", 1: "sequence"},
                     "embeddings": {0: "batch"},
-                    **{f"logits_{task}": {0: "batch"} for task in tasks},
+                    **{name: {0: "batch"} for name in outputs},
                 },
                 opset_version=opset,
                 dynamo=False,
@@ -392,9 +402,10 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
     `SentenceMultiTaskModel` (same batching, truncation and outputs).
 
     With `quantized=True` and `recheck_margin` > 0, `predict` / `predict_proba` run every text through the int8 graph,
-    then run again through the fp32 graph the texts where, on some task, the two most likely labels lie closer than
-    `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only there (docs/onnx.md
-    has the measured agreement). `encode` never rechecks.
+    then run again through the fp32 graph the texts where, on some single-label task, the two most likely labels lie
+    closer than `recheck_margin` in probability; those texts get the fp32 outputs. Int8 changes a label almost only
+    there (docs/onnx.md has the measured agreement). Multi-label and regression outputs are not rechecked. `encode`
+    never rechecks.
     """
 
     # ONNX Runtime runs fastest on smaller batches than PyTorch.
@@ -451,8 +462,9 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
         texts = check_texts(texts)
         ids = self._tokenize(texts, max_length) if texts else []  # the tokenizer rejects an empty list
         embeddings, logits = self._outputs(self.session, ids, batch_size, show_progress_bar)
-        if with_heads and self.fp32_session is not None and ids:
-            margin = label_margin(torch.from_numpy(values).softmax(-1) for values in logits.values())
+        single = [task for task in logits if self.config.task_type(task) == SINGLE_LABEL]
+        if with_heads and self.fp32_session is not None and ids and single:
+            margin = label_margin(torch.from_numpy(logits[task]).softmax(-1) for task in single)
             redo = torch.nonzero(margin < self.recheck_margin).flatten().numpy()
             if redo.size:
                 again, again_logits = self._outputs(self.fp32_session, [ids[i] for i in redo], batch_size, False)
@@ -462,7 +474,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
         return torch.from_numpy(embeddings), {task: torch.from_numpy(values) for task, values in logits.items()}
 
     def _outputs(self, session, ids: list[list[int]], batch_size: int, show_progress_bar: bool | None):
-        """Embeddings and per-task logits (numpy, input order) of pre-tokenised texts."""
+        """Embeddings and per-task outputs (numpy, input order; see `output_name`) of pre-tokenised texts."""
         embeddings = np.empty((len(ids), self.config.hidden_size), dtype=np.float32)
         logits = {task: np.empty((len(ids), len(labels)), dtype=np.float32) for task, labels in self.config.tasks.items()}
         names = [output.name for output in session.get_outputs()]
@@ -470,7 +482,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
             outputs = dict(zip(names, session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})))
             embeddings[positions] = outputs["embeddings"]
             for task, values in logits.items():
-                values[positions] = outputs[f"logits_{task}"]
+                values[positions] = outputs[output_name(self.config, task)]
         return embeddings, logits
 
     def _id_batches(self, ids: list[list[int]], batch_size: int, show_progress_bar: bool | None):

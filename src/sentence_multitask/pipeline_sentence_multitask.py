@@ -9,14 +9,15 @@ from __future__ import annotations
 from transformers import Pipeline
 from transformers.utils import logging
 
-from .inference_sentence_multitask import _label_results, check_texts
+from .inference_sentence_multitask import _label_results, check_texts, serve
 
 logger = logging.get_logger(__name__)
 
 
 class SentenceMultiTaskPipeline(Pipeline):
     """
-    `pipeline(model=path, trust_remote_code=True)`: per text, every task's label and score.
+    `pipeline(model=path, trust_remote_code=True)`: per text, every task's result, as `model.predict` gives it
+    (label and score; labels over their thresholds and their scores; or values).
 
     Call options: `return_all_scores=True` adds every label's probability.
     """
@@ -57,12 +58,14 @@ class SentenceMultiTaskPipeline(Pipeline):
 
     def _forward(self, model_inputs):
         # One tensor per task: the pipeline splits a batch's outputs into single texts only where they are tensors.
-        return {f"logits_{task}": logits for task, logits in self.model(**model_inputs).logits.items()}
+        config = self.model.config
+        return {f"outputs_{task}": serve(config, task, raw.float())
+                for task, raw in self.model(**model_inputs).logits.items()}
 
     def postprocess(self, model_outputs, return_all_scores=False):
-        tasks = self.model.config.tasks
-        logits = {task: model_outputs[f"logits_{task}"] for task in tasks}
-        return _label_results(logits, tasks, return_all_scores)[0]
+        config = self.model.config
+        outputs = {task: model_outputs[f"outputs_{task}"] for task in config.tasks}
+        return _label_results(outputs, config, return_all_scores)[0]
 
 
 __all__ = ["SentenceMultiTaskPipeline"]

@@ -29,21 +29,34 @@ from .arguments import (
 from .card import training_summary
 from .checkpoints import PHASE_FOLDERS, check_output_dir, check_steps_left, resume_plan, save_model_atomically
 from .data import MultiTaskCollator, prepare_data, rows_with_labels, usable_max_length
-from .metrics import MultiTaskMetrics, check_metric_for_best_model
+from .distillation import DistillationCollator, add_teacher_logits, parse_teachers
+from .metrics import MultiTaskMetrics, check_metric_for_best_model, tune_model_thresholds
 from .modeling_sentence_multitask import default_encoder, load_tokenizer
 from .trainer import CheckpointCard, HubPush, MultiTaskTrainer
+from .tuning import check_search, search_recipe, trial_task_weights
 
 logger = logging.getLogger(__name__)
 
 
-def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_weights: dict[str, float] | None):
-    """A new model on --encoder, or the saved --model_name_or_path with a new head for each task it lacks."""
+def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_weights: dict[str, float] | None,
+                heads: dict[str, Any] | None = None):
+    """A new model on --encoder, or the saved --model_name_or_path with a new head for each task it lacks. `heads`:
+    the config settings of the heads (`PreparedData.heads`: task types, target statistics, class weights)."""
+    heads = {name: value for name, value in (heads or {}).items() if value}
     if model_args.model_name_or_path:
         model = SentenceMultiTaskModel.from_pretrained(model_args.model_name_or_path)
+        types = heads.get("task_types") or {}
         for task, labels in tasks.items():
+            kind = types.get(task, "single_label")
             if task not in model.config.tasks:
-                logger.info("Adding task %r (labels %s) with a new head to %s", task, labels, model_args.model_name_or_path)
-                model.add_task(task, labels)
+                logger.info("Adding %s task %r (labels %s) with a new head to %s", kind, task, labels,
+                            model_args.model_name_or_path)
+                model.add_task(task, labels, kind, **{name: values[task] for name, values in heads.items()
+                                                      if name != "task_types" and task in values})
+            elif model.config.task_type(task) != kind:
+                raise ValueError(f"{model_args.model_name_or_path} has a {model.config.task_type(task)} head for task "
+                                 f"{task!r}, but the data makes it {kind}; give --task_types {task}="
+                                 f"{model.config.task_type(task)} or start from --encoder.")
             elif model.config.tasks[task] != labels:
                 raise ValueError(
                     f"{model_args.model_name_or_path} has labels {model.config.tasks[task]} for task {task!r}, but the "
@@ -52,6 +65,8 @@ def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_we
         weights = {**(model.config.task_weights or {}), **(task_weights or {})}
         # Checked by the config class itself, as on the from_encoder path.
         model.config.task_weights = type(model.config)(tasks=model.config.tasks, task_weights=weights).task_weights
+        model.config.class_weights = {**(model.config.class_weights or {}), **(heads.get("class_weights") or {})} or None
+        model.config.check_heads()
         return model
     return SentenceMultiTaskModel.from_encoder(
         model_args.encoder,
@@ -60,6 +75,7 @@ def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_we
         head_dropout=model_args.head_dropout,
         pooling=model_args.pooling,
         task_weights=task_weights,
+        **heads,
     )
 
 
@@ -98,6 +114,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     resumes = resume_plan(args)
     set_seed(args.seed)
     weights = parse_task_weights(args.task_weights)
+    teachers = parse_teachers(args.teachers)
     check_model_sources(model_args)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
@@ -108,15 +125,23 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     encoder_config = saved.encoder if saved else AutoConfig.from_pretrained(source)
     requested = data_args.max_length or (saved.max_length if saved else DEFAULT_MAX_LENGTH)
     data_args.max_length = usable_max_length(requested, encoder_config, tokenizer)
-    data = prepare_data(data_args, tokenizer, saved.tasks if saved else None)
+    data = prepare_data(data_args, tokenizer, saved.tasks if saved else None, saved.task_types if saved else None)
     logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
 
-    model = build_model(model_args, data.tasks, weights or None)
-    model.tokenizer = tokenizer
-    model.config.max_length = data_args.max_length  # predict/encode truncate as training did
-    if model_args.freeze_encoder:
-        model.encoder.requires_grad_(False)
-    metrics = MultiTaskMetrics(data.tasks)
+    def make_model(task_weights: dict[str, float]):
+        model = build_model(model_args, data.tasks, task_weights or None, data.heads)
+        model.tokenizer = tokenizer
+        model.config.max_length = data_args.max_length  # predict/encode truncate as training did
+        if model_args.freeze_encoder:
+            model.encoder.requires_grad_(False)
+        return model
+
+    model = make_model(weights)
+    if teachers:  # once, before training (and before any search trial)
+        data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
+                                        args.per_device_eval_batch_size, args.bf16)
+    collator = DistillationCollator if teachers else MultiTaskCollator
+    metrics = MultiTaskMetrics(data.tasks, model.config)
     if data.validation is not None and len(rows_with_labels(data.validation, list(data.tasks))) == 0:
         logger.warning("No validation row has a label for any task: evaluation is skipped.")
         data.validation = None
@@ -125,6 +150,21 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         args.eval_strategy = "no"
         args.load_best_model_at_end = False
     check_metric_for_best_model(args, data)
+    check_search(args, data.validation is not None)
+    if args.hp_search:
+        def model_init(trial=None):
+            return make_model({**weights, **trial_task_weights(trial, list(data.tasks))})
+
+        search = MultiTaskTrainer(
+            model_init=model_init, args=args.replace(save_strategy="no", load_best_model_at_end=False),
+            train_dataset=data.train, eval_dataset=data.validation, data_collator=collator(tokenizer, list(data.tasks)),
+            processing_class=tokenizer, compute_metrics=metrics,
+        )
+        options, best_weights = search_recipe(search, args, list(data.tasks), bool(teachers))
+        args = args.replace(**options)
+        weights = {**weights, **best_weights}
+        set_seed(args.seed)
+        model = make_model(weights)
     phases = training_phases(args, list(data.tasks))
 
     if replaced and args.should_save:  # --overwrite_model: the earlier run's checkpoints go with its model
@@ -152,7 +192,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             args=phase_args,
             train_dataset=rows_with_labels(data.train, active),
             eval_dataset=eval_set,
-            data_collator=MultiTaskCollator(tokenizer, active),
+            data_collator=collator(tokenizer, active),
             processing_class=tokenizer,
             compute_metrics=metrics,
             callbacks=callbacks,
@@ -160,6 +200,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         check_steps_left(resume, phase_args)
         result = trainer.train(resume_from_checkpoint=True if resume == "True" else resume)
         epochs.append(trainer.state.epoch or 0.0)
+        if trainer.loss_balancer is not None:
+            logger.info("Learned task weights (exp(-s)): %s", trainer.loss_balancer.task_weights())
         phase_metrics.append(result.metrics)
         if len(phases) > 1:
             trainer.save_metrics("train", result.metrics, combined=False)  # phaseN/train_results.json
@@ -173,6 +215,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         final_metrics = trainer.evaluate(eval_dataset=data.validation)
         trainer.log_metrics("eval", final_metrics)
         trainer.save_metrics("eval", final_metrics)
+        tune_model_thresholds(model.config, metrics)  # multi-label tasks: per-label thresholds, saved with the model
 
     model.training_summary = training_summary(model_args, data_args, args, data, metrics.last, time.time() - started,
                                               epochs)
