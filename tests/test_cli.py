@@ -191,20 +191,31 @@ def test_file_formats_jsonl_any_case_tables_and_text_column_refused(cli, saved, 
     upper.write_text("\ufeff" + "\n\n".join(json.dumps({"body": text}) for text in SENTENCES) + "\n", encoding="utf-8")
     output = rows(cli("predict", "--model", saved, "--file", upper, "--text_column", "body"))
     assert [row["text"] for row in output] == SENTENCES
-    for name in ("texts.csv", "texts.TSV", "texts.json", "texts.parquet"):  # tables are refused, not read as lines
-        (tmp_path / name).write_text("text,topic\nthe team won,sports\n")
+    # Tables are read with `datasets`, the text from --text_column (default: text).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": [1, 2, 3], "body": SENTENCES})
+    pq.write_table(table, tmp_path / "texts.parquet")
+    (tmp_path / "texts.csv").write_text(table.to_pandas().to_csv(index=False))
+    (tmp_path / "texts.TSV").write_text(table.to_pandas().to_csv(index=False, sep="\t"))
+    (tmp_path / "texts.json").write_text(json.dumps(table.to_pylist()))
+    for name in ("texts.csv", "texts.TSV", "texts.json", "texts.parquet"):
+        output = rows(cli("predict", "--model", saved, "--file", tmp_path / name, "--text_column", "body"))
+        assert [row["text"] for row in output] == SENTENCES
         user_error(cli("predict", "--model", saved, "--file", tmp_path / name),
-                   f"{tmp_path / name}: --file takes plain text, one text per line, or JSON Lines (.jsonl)")
-    user_error(cli("export-onnx", "--model", saved, "--output", tmp_path / "out", "--quantize",
-                   "--calibration_file", tmp_path / "texts.csv"), "--calibration_file takes plain text")
+                   f"{tmp_path / name} has no column 'text' (columns: id, body); name the text column with "
+                   "--text_column")
     # --text_column given for input read as plain text is refused by name, not ignored.
     plain = tmp_path / "texts.txt"
     plain.write_text(json.dumps({"text": "hi"}) + "\n")
     user_error(cli("predict", "--model", saved, "--file", plain, "--text_column", "text"),
-               f"--text_column names the text field of a .jsonl --file; {plain} is read as plain text")
+               f"--text_column names the text field of a table --file (.jsonl, .json, .csv, .tsv, .parquet); {plain} "
+               "is read as plain text")
     for extra in (["--file", "-"], []):
         user_error(cli("embed", "--model", saved, *extra, "--text_column", "text", stdin=plain.read_text()),
-                   "--text_column names the text field of a .jsonl --file; standard input is read as plain text")
+                   "--text_column names the text field of a table --file (.jsonl, .json, .csv, .tsv, .parquet); "
+                   "standard input is read as plain text")
     # Bad JSON Lines: named as such, with file and line.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": "b",}\n')

@@ -1,4 +1,4 @@
-"""`sentence-multitask` command line: train, evaluate, predict, embed, export-onnx.
+"""`sentence-multitask` command line: train, evaluate, predict, embed, export-onnx, serve, export-handler.
 
 Heavy libraries are imported inside each command, so `predict` on one sentence does not pay for training code.
 """
@@ -19,7 +19,7 @@ def read_texts(args) -> list[str]:
         raise SystemExit("error: give texts as arguments or with --file, not both.")
     if args.texts:
         if args.text_column is not None:
-            raise SystemExit("error: --text_column names the text field of a .jsonl --file; texts given as arguments "
+            raise SystemExit("error: --text_column names the text field of a table --file; texts given as arguments "
                              "are used as they are: drop --text_column.")
         return list(args.texts)
     if not args.file and sys.stdin.isatty():
@@ -27,32 +27,29 @@ def read_texts(args) -> list[str]:
     return read_text_file(args.file or "-", "--file", args.text_column)
 
 
-# Table formats --file does not parse, with the pandas reader that converts them to JSON Lines.
-_TABLE_READERS = {".csv": "read_csv(PATH)", ".tsv": "read_csv(PATH, sep='\\t')", ".json": "read_json(PATH)",
-                  ".parquet": "read_parquet(PATH)"}
+# Table formats --file reads with `datasets` (JSON Lines keeps its own reader, whose errors name the line).
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
 
 
 def read_text_file(path: str, option: str, text_column: str | None) -> list[str]:
     """
-    The texts of `path` (`-`: standard input), given with `option`: JSON Lines when the name ends in .jsonl (any case),
-    text in the field `text_column` (None: "text") of each non-blank line; else one text per line. Table formats,
-    and a `text_column` for input that is not JSON Lines, are refused rather than read as lines of text.
+    The texts of `path` (`-`: standard input), given with `option`: the column `text_column` (None: "text") of a
+    table (.jsonl, .json, .csv, .tsv, .parquet, any case); else one text per line, where a `text_column` is refused
+    rather than ignored.
     """
     if path != "-" and not os.path.isfile(path):
         raise SystemExit(f"error: {path}: no such file.")
     suffix = "" if path == "-" else os.path.splitext(path)[1].lower()
-    if suffix in _TABLE_READERS:
-        convert = f"pandas.{_TABLE_READERS[suffix].replace('PATH', repr(path))}.to_json('texts.jsonl', " \
-                  "orient='records', lines=True, force_ascii=False)"
-        raise SystemExit(f"error: {path}: {option} takes plain text, one text per line, or JSON Lines (.jsonl) with a "
-                         f"{text_column or 'text'!r} field per line (or name it with --text_column), not "
-                         f"{suffix[1:].upper()}; convert it, e.g. {convert}"
-                         + (", or rename it *.jsonl if it holds JSON Lines." if suffix == ".json" else "."))
+    if suffix in TABLE_SUFFIXES:
+        from .streaming import read_table_texts
+
+        return read_table_texts(path, text_column)
     jsonl = suffix == ".jsonl"
     if text_column is not None and not jsonl:
         source = "standard input is" if path == "-" else f"{path} is"
-        raise SystemExit(f"error: --text_column names the text field of a .jsonl {option}; {source} read as plain "
-                         "text, one text per line: drop --text_column, or give JSON Lines as a file named *.jsonl.")
+        raise SystemExit(f"error: --text_column names the text field of a table {option} (.jsonl, .json, .csv, .tsv, "
+                         f".parquet); {source} read as plain text, one text per line: drop --text_column, or give a "
+                         "table file with one of these names.")
     lines = _read_lines(path)
     return _texts_from_json_lines(lines, path, text_column or "text") if jsonl else lines
 
@@ -117,40 +114,41 @@ def recheck_option(sub) -> None:
                           "--calibration-file; default: no recheck).")
 
 
-def load_model(path: str | None, args):
+def load_model(path: str | None, *, backend: str = "torch", device: str | None = None, precision: str | None = "fp32",
+               threads: int | None = None, recheck_margin: float | None = None):
     """
-    The model at `path` for `args` (backend, device, threads, precision); `path` None: the default encoder with
-    unused reference heads (for embeddings).
+    The model at `path` (a saved folder or Hub id; None: the default encoder with unused reference heads, for
+    embeddings) on `backend` ("torch", "onnx" or "onnx-int8"), `device` (default: cuda when available), `precision`
+    and `threads`, as the commands load it. Options that do not go together raise ValueError naming the fix.
     """
     from .inference_sentence_multitask import not_a_model_folder
 
     problem = path and not_a_model_folder(path)
     if problem:
         problem = "a file, not a directory" if problem == "is a file" else "no such directory"
-        raise SystemExit(f"error: {path}: {problem}; --model takes a directory saved by `sentence-multitask train` (or "
+        raise ValueError(f"{path}: {problem}; --model takes a directory saved by `sentence-multitask train` (or "
                          "save_pretrained) or a Hub repo id.")
-    recheck_margin = getattr(args, "recheck_margin", None) or 0.0
-    if recheck_margin and getattr(args, "backend", "torch") != "onnx-int8":
-        raise SystemExit("error: --recheck_margin applies to --backend onnx-int8 only.")
-    if getattr(args, "backend", "torch") in ("onnx", "onnx-int8"):
+    if recheck_margin and backend != "onnx-int8":
+        raise ValueError("--recheck_margin applies to --backend onnx-int8 only.")
+    if backend in ("onnx", "onnx-int8"):
         if path is None:
-            raise SystemExit("error: --backend onnx runs a saved model's ONNX graph (see export-onnx): add --model DIR.")
-        if args.device not in (None, "cpu"):
-            raise SystemExit(f"error: --device {args.device}: an ONNX model runs on CPU (onnxruntime's CPU provider); "
+            raise ValueError("--backend onnx runs a saved model's ONNX graph (see export-onnx): add --model DIR.")
+        if device not in (None, "cpu"):
+            raise ValueError(f"--device {device}: an ONNX model runs on CPU (onnxruntime's CPU provider); "
                              "drop --device or use --backend torch.")
-        if getattr(args, "precision", None) in ("bf16", "fp16"):
-            raise SystemExit(f"error: --precision {args.precision}: an ONNX model runs at the precision it was exported "
+        if precision in ("bf16", "fp16"):
+            raise ValueError(f"--precision {precision}: an ONNX model runs at the precision it was exported "
                              "with; drop --precision or use --backend torch.")
         from .onnx import OnnxSentenceMultiTask
 
-        return OnnxSentenceMultiTask.from_pretrained(path, quantized=args.backend == "onnx-int8", threads=args.threads,
-                                                     recheck_margin=recheck_margin)
+        return OnnxSentenceMultiTask.from_pretrained(path, quantized=backend == "onnx-int8", threads=threads,
+                                                     recheck_margin=recheck_margin or 0.0)
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = getattr(args, "precision", None) or "fp32"
+    if threads:
+        torch.set_num_threads(threads)
+    device = check_device(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = precision or "fp32"
     from .modeling_sentence_multitask import SentenceMultiTaskModel
 
     if path is None:
@@ -164,6 +162,13 @@ def load_model(path: str | None, args):
     return model.to(device)
 
 
+def model_options(args) -> dict:
+    """The `load_model` options of parsed command-line `args`."""
+    return {"backend": getattr(args, "backend", "torch"), "device": getattr(args, "device", None),
+            "precision": getattr(args, "precision", None), "threads": getattr(args, "threads", None),
+            "recheck_margin": getattr(args, "recheck_margin", None)}
+
+
 def check_device(name: str) -> str:
     """`name` when torch can put a tensor there; else an error with torch's reason."""
     import torch
@@ -171,7 +176,7 @@ def check_device(name: str) -> str:
     try:
         torch.empty(0, device=name)
     except (RuntimeError, AssertionError, ValueError) as error:  # unknown name / no such device / torch built without it
-        raise SystemExit(f"error: --device {name}: {str(error).splitlines()[0]} (use cpu, cuda or cuda:N where this "
+        raise ValueError(f"--device {name}: {str(error).splitlines()[0]} (use cpu, cuda or cuda:N where this "
                          "torch has them).") from None
     return name
 
@@ -183,17 +188,67 @@ def write_jsonl(rows) -> None:
     out.flush()
 
 
+def dataset_run(args) -> bool:
+    """Whether `args` ask for a dataset run (--input to --output); refuses its options elsewhere."""
+    if args.input or args.output:
+        if not (args.input and args.output):
+            raise ValueError("--input and --output go together (a dataset in, a dataset out); for JSON Lines on "
+                             "standard output give texts as arguments, with --file or on standard input.")
+        if args.texts or args.file:
+            raise ValueError("give texts with --input or with --file / as arguments, not both.")
+        if args.engine == "ray" and args.resume:
+            raise ValueError("--resume applies to --engine local; a Ray run writes its output folder anew.")
+        return True
+    given = [name for name, value in (("--keep_columns", args.keep_columns), ("--resume", args.resume),
+                                      ("--output_format", args.output_format), ("--engine ray", args.engine == "ray"))
+             if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} applies to a dataset run: add --input PATH --output PATH.")
+    return False
+
+
+def run_dataset(args, embed: bool) -> int:
+    """predict / embed from --input to --output, in this process (streaming) or with Ray Data."""
+    keep_columns = [name.strip() for name in (args.keep_columns or "").split(",") if name.strip()]
+    options = {"embed": embed, "text_column": args.text_column or "text", "keep_columns": keep_columns,
+               "batch_size": args.batch_size, "all_scores": getattr(args, "all_scores", False),
+               "normalize": not getattr(args, "no_normalize", False), "output_format": args.output_format}
+    if args.engine == "ray":
+        from .ray_data import run_with_ray
+
+        run_with_ray(args.model, args.input, args.output, address=args.ray_address, actors=args.actors,
+                     chunk_rows=args.chunk_size, **options, **model_options(args))
+        print(f"Wrote {args.output}", file=sys.stderr)
+        return 0
+    from .streaming import PartedOutput, stream_to_output
+
+    if not os.path.exists(args.input):  # checked before the model loads
+        raise ValueError(f"{args.input}: no such file or folder.")
+    PartedOutput.at(args.output, args.output_format).refuse_existing(args.resume)
+    model = load_model(args.model, **model_options(args))
+    model_source = os.path.abspath(args.model) if args.model and os.path.isdir(args.model) else args.model
+    rows = stream_to_output(model, args.input, args.output, chunk_rows=args.chunk_size, resume=args.resume,
+                            settings={"model": model_source, "backend": args.backend, "precision": args.precision},
+                            **options)
+    print(f"Wrote {args.output} ({rows} rows this run)", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args) -> int:
+    if dataset_run(args):
+        return run_dataset(args, embed=False)
     texts = read_texts(args)
-    model = load_model(args.model, args)
+    model = load_model(args.model, **model_options(args))
     results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.all_scores)
     write_jsonl({"text": text, **result} for text, result in zip(texts, results))
     return 0
 
 
 def cmd_embed(args) -> int:
+    if dataset_run(args):
+        return run_dataset(args, embed=True)
     texts = read_texts(args)
-    model = load_model(args.model, args)
+    model = load_model(args.model, **model_options(args))
     embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
     write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
     return 0
@@ -202,7 +257,7 @@ def cmd_embed(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_model, format_table
 
-    model = load_model(args.model, args)
+    model = load_model(args.model, **model_options(args))
     report = evaluate_model(model, args.data, text_column=args.text_column, label_columns=args.label_columns,
                             batch_size=args.batch_size)
     print(format_table(report))
@@ -226,13 +281,46 @@ def cmd_export_onnx(args) -> int:
         raise SystemExit("error: --text_column names the text field of a .jsonl --calibration_file: add one, or drop "
                          "--text_column.")
     args.device, args.backend = "cpu", "torch"
-    model = load_model(args.model, args)
+    model = load_model(args.model, **model_options(args))
     folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
     from .onnx import FP32_FILE, INT8_FILE
 
     stale = not args.quantize and os.path.isfile(os.path.join(folder, INT8_FILE))
     print(f"Exported to {folder}: {FP32_FILE}" + (f", {INT8_FILE}" if args.quantize else "")
           + (f" (an earlier export's {INT8_FILE} of the same weights is still there)" if stale else ""))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving import serve
+
+    serve(args.model, host=args.host, port=args.port, max_batch_texts=args.max_batch_texts,
+          max_text_chars=args.max_text_chars, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+          **model_options(args))
+    return 0
+
+
+def write_endpoint_handler(folder: str) -> str:
+    """Copy the Inference Endpoints handler (handler.py of this package) into the saved model `folder`; its path.
+    A different handler.py already there is refused rather than replaced."""
+    from importlib import resources
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"{folder}: no saved model (no config.json); --model takes a folder saved by `sentence-multitask "
+                         "train` or save_pretrained.")
+    code = resources.files(__package__).joinpath("handler.py").read_text(encoding="utf-8")
+    target = os.path.join(folder, "handler.py")
+    if os.path.exists(target):
+        with open(target, encoding="utf-8") as handle:
+            if handle.read() != code:
+                raise ValueError(f"{target} exists and is another handler; move it away to write this one.")
+    with open(target, "w", encoding="utf-8") as handle:
+        handle.write(code)
+    return target
+
+
+def cmd_export_handler(args) -> int:
+    print(f"Wrote {write_endpoint_handler(args.model)}")
     return 0
 
 
@@ -264,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     def inference(name, help_text):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("texts", nargs="*", help="Texts (default: --file, else one per line on standard input).")
-        sub.add_argument("--file", help="Text file, one text per line, or JSON Lines (.jsonl) with a text field; - "
-                                        "for stdin (one text per line).")
-        sub.add_argument("--text_column", "--text-column", help="Text field of a .jsonl --file (default: text).")
+        sub.add_argument("--file", help="Text file, one text per line, or a table (.jsonl, .json, .csv, .tsv, "
+                                        ".parquet) with a text column; - for stdin (one text per line).")
+        sub.add_argument("--text_column", "--text-column",
+                         help="Text column of a table --file or of --input (default: text).")
         sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
         sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
         sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
@@ -274,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fp32 (exact), bf16 (CPUs with native bf16, GPUs), fp16 (GPU) or auto.")
         sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
                          help="onnx / onnx-int8 run MODEL/onnx/model[_quantized].onnx (see export-onnx).")
+        runs = sub.add_argument_group("dataset runs (--input to --output, any size; see docs/scale.md)")
+        runs.add_argument("--input", help="CSV, TSV, JSON, JSON Lines, Parquet, plain text (one text per line), a "
+                                          "folder of such files or a dataset saved with save_to_disk; streamed.")
+        runs.add_argument("--output", help="A .parquet, .jsonl or .csv file, or a folder of parts.")
+        runs.add_argument("--output_format", "--output-format", choices=("parquet", "jsonl", "csv"),
+                          help="Format of the parts of a folder --output (default: parquet).")
+        runs.add_argument("--keep_columns", "--keep-columns", help="Input columns to copy beside the model's, "
+                                                                    "comma-separated (e.g. id,date; default: none).")
+        runs.add_argument("--resume", action="store_true",
+                          help="Continue an interrupted run into --output from its last complete part.")
+        runs.add_argument("--chunk_size", "--chunk-size", type=positive_int, default=10_000,
+                          help="Rows read, sorted by length and written as one part at a time (default: 10000).")
+        runs.add_argument("--engine", choices=("local", "ray"), default="local",
+                          help="local: this process; ray: Ray Data actors (pip install 'sentence-multitask[ray]').")
+        runs.add_argument("--ray_address", "--ray-address",
+                          help="Ray cluster to join (default: RAY_ADDRESS, else a local one).")
+        runs.add_argument("--actors", type=positive_int, default=1,
+                          help="--engine ray: model replicas (one per GPU with --device cuda; default: 1).")
         return sub
 
     sub = inference("predict", "Every task's label and score per text, as JSON Lines.")
@@ -313,6 +420,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Text field of a .jsonl calibration file (default: text).")
     sub.add_argument("--threads", type=positive_int)
     sub.set_defaults(run=cmd_export_onnx)
+
+    sub = commands.add_parser("serve", help="HTTP server: POST /predict and /embed, GET /health and /info "
+                                            "(pip install 'sentence-multitask[serve]').")
+    sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
+    sub.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1, this machine).")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--max_batch_texts", "--max-batch-texts", type=positive_int, default=256,
+                     help="Most texts in one request (default: 256).")
+    sub.add_argument("--max_text_chars", "--max-text-chars", type=positive_int, default=20_000,
+                     help="Most characters in one text (default: 20000).")
+    sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=64,
+                     help="Texts in one forward pass, gathered across requests (default: 64).")
+    sub.add_argument("--max_wait_ms", "--max-wait-ms", type=float, default=5.0,
+                     help="How long the first request of a batch waits for others (default: 5 ms).")
+    sub.add_argument("--device")
+    sub.add_argument("--threads", type=positive_int)
+    sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
+    sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
+    sub.set_defaults(run=cmd_serve)
+
+    sub = commands.add_parser("export-handler", help="Add an Inference Endpoints handler.py to a saved model folder.")
+    sub.add_argument("--model", required=True, help="Saved model directory.")
+    sub.set_defaults(run=cmd_export_handler)
 
     commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).", add_help=False)
     return parser
