@@ -1,40 +1,130 @@
-"""The Trainer of a multi-task run: per-task loss with label smoothing, task mixing and length grouping, a separate
-head learning rate; and the callbacks that make each checkpoint a complete, truthfully described model."""
+"""The Trainer of a multi-task run: per-task loss with label smoothing, distillation from teachers and learned loss
+balancing, task mixing and length grouping, a separate head learning rate; and the callbacks that make each checkpoint
+a complete, truthfully described model that resumes exactly."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+import torch
 from huggingface_hub import HfApi
+from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 
 from .card import write_checkpoint_card
+from .distillation import distillation_loss, teacher_weight
 from .sampling import MultiTaskSampler
 
+LOSS_BALANCING_FILE = "loss_balancing.pt"  # the learned loss weights, saved with each checkpoint
 # Files of a checkpoint that only resuming needs: not part of the model pushed to the repository's root.
 TRAINING_STATE_FILES = ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
-                        "training_args.bin", "_*"]
+                        "training_args.bin", LOSS_BALANCING_FILE, "_*"]
+
+
+class UncertaintyWeighting(nn.Module):
+    """Learned task weights (Kendall et al. 2018), classification form: one log-variance `s_t` per task and
+    `loss = sum_t exp(-s_t) * L_t + 0.5 * w_t * s_t` over the tasks labelled in the batch, where `L_t` is the task's
+    loss weighted by its static weight `w_t` (so that `w_t` still scales the task at the optimum `exp(-s_t) =
+    0.5 / (L_t / w_t)`). Part of the training run, not of the model: its parameters join the optimizer, and it is
+    saved with each checkpoint."""
+
+    def __init__(self, tasks: list[str]):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.log_variances = nn.Parameter(torch.zeros(len(self.tasks)))
+
+    def forward(self, losses: Mapping[str, torch.Tensor], labelled: Mapping[str, bool],
+                weights: Mapping[str, float]) -> torch.Tensor:
+        total = 0.0
+        for index, task in enumerate(self.tasks):
+            if task in losses and labelled.get(task, False):
+                s = self.log_variances[index]
+                total = total + torch.exp(-s) * losses[task] + 0.5 * weights[task] * s
+            elif task in losses:
+                total = total + losses[task]  # an exact zero that keeps the head in the graph
+        return total
+
+    def task_weights(self) -> dict[str, float]:
+        """exp(-s_t) per task: the learned weight of each task's loss."""
+        return {task: math.exp(-value) for task, value in zip(self.tasks, self.log_variances.tolist())}
+
+
+def has_labels(labels: torch.Tensor) -> bool:
+    """Whether a task's label tensor holds any label (-100 or NaN: none)."""
+    present = labels != -100
+    if labels.is_floating_point():
+        present &= ~torch.isnan(labels)
+    return bool(present.any())
 
 
 class MultiTaskTrainer(Trainer):
-    """Trainer with task mixing, length grouping, a separate head learning rate and per-task label smoothing."""
+    """Trainer with task mixing, length grouping, a separate head learning rate, per-task label smoothing, teacher
+    logits from the batch (`teacher_logits`, see distillation.py) and `--loss_balancing uncertainty`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_balancer: UncertaintyWeighting | None = None
+        if getattr(self.args, "loss_balancing", "static") == "uncertainty":
+            self.add_callback(LossBalancingState(self))
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """`Trainer.train`, with a fresh `UncertaintyWeighting` (restored from the checkpoint when resuming)."""
+        if getattr(self.args, "loss_balancing", "static") == "uncertainty":
+            self.loss_balancer = UncertaintyWeighting(list(self.model.config.tasks)).to(self.args.device)
+            folder = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            path = os.path.join(folder, LOSS_BALANCING_FILE) if folder else None
+            if path and os.path.isfile(path):
+                self.loss_balancer.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # The Trainer's LabelSmoother expects one logits tensor; this model has one per task (a dict).
+        teachers = inputs.pop("teacher_logits", None)
         epsilon = self.args.label_smoothing_factor
-        if not epsilon or "labels" not in inputs:
+        training = model.training
+        # The Trainer's LabelSmoother expects one logits tensor; this model has one per task (a dict).
+        custom = epsilon or (training and (teachers or self.loss_balancer is not None))
+        if not custom or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         labels = inputs["labels"]
         outputs = model(**{name: value for name, value in inputs.items() if name != "labels"})
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = self.accelerator.unwrap_model(model).compute_loss(logits, labels, label_smoothing=epsilon)
+        unwrapped = self.accelerator.unwrap_model(model)
+        if training and (teachers or self.loss_balancer is not None):
+            loss = self.training_loss(unwrapped, logits, labels, teachers or {})
+        else:
+            loss = unwrapped.compute_loss(logits, labels, label_smoothing=epsilon)
         if isinstance(outputs, dict):
             outputs["loss"] = loss
         return (loss, outputs) if return_outputs else loss
+
+    def training_loss(self, model, logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor],
+                      teachers: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Each task's supervised loss (the model's), blended with its teacher's (`distillation_loss`), then summed
+        or balanced by `UncertaintyWeighting`."""
+        args = self.args
+        weight = teacher_weight(self.state.global_step, self.state.max_steps, args.teacher_annealing,
+                                args.distillation_weight)
+        losses, labelled = {}, {}
+        for task, task_labels in labels.items():
+            loss = model.compute_loss({task: logits[task]}, {task: task_labels},
+                                      label_smoothing=args.label_smoothing_factor)
+            if task in teachers:
+                loss = distillation_loss(loss, logits[task], teachers[task], weight, args.distillation_temperature,
+                                         model.config.task_weight(task))
+            losses[task] = loss
+            labelled[task] = has_labels(task_labels) or (task in teachers and not bool(teachers[task].isnan().all()))
+        # Heads of tasks outside this phase stay in the graph (DDP expects a gradient for every trained parameter).
+        total = sum(task_logits.sum() * 0.0 for task_logits in logits.values())
+        if self.loss_balancer is None:
+            return total + sum(losses.values())
+        weights = {task: model.config.task_weight(task) for task in losses}
+        return total + self.loss_balancer(losses, labelled, weights)
 
     def _get_train_sampler(self, train_dataset=None):
         # The one private Trainer method overridden here: the Trainer has no public way to choose the training
@@ -54,10 +144,27 @@ class MultiTaskTrainer(Trainer):
             temperature=getattr(args, "sampling_temperature", 2.0),
             seed=args.data_seed if args.data_seed is not None else args.seed,
             group_by_length=group,
+            epochs=self.training_epochs(len(dataset)),
         )
+
+    def training_epochs(self, rows: int) -> int:
+        """The epochs this run starts (the last may be partial): --num_train_epochs, or as many as --max_steps
+        reaches."""
+        args = self.args
+        if args.max_steps <= 0:
+            return max(1, math.ceil(args.num_train_epochs))
+        batches = math.ceil(rows / (args.per_device_train_batch_size * max(1, args.world_size)))
+        steps_per_epoch = max(1, batches // args.gradient_accumulation_steps)
+        return max(1, math.ceil(args.max_steps / steps_per_epoch))
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
+        if self.loss_balancer is not None and not any(
+                p is self.loss_balancer.log_variances for group in optimizer.param_groups for p in group["params"]):
+            # At the heads' learning rate, without weight decay (which would pull every weight towards 1).
+            lr = self.args.head_learning_rate if (self.args.head_learning_rate or 0) > 0 else self.args.learning_rate
+            optimizer.add_param_group({**optimizer.param_groups[-1], "params": list(self.loss_balancer.parameters()),
+                                       "lr": lr, "weight_decay": 0.0})
         head_lr = getattr(self.args, "head_learning_rate", None)
         if head_lr is None or head_lr <= 0:
             return optimizer
@@ -77,6 +184,35 @@ class MultiTaskTrainer(Trainer):
 
 def checkpoint_folder(args, state) -> str:
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+class LossBalancingState(TrainerCallback):
+    """The learned loss weights' share of the Trainer's work on the model's parameters, which the Trainer does not
+    see: their gradients averaged over processes (as DDP averages the model's) before each optimizer step and zeroed
+    after it; and written into each checkpoint (`loss_balancing.pt`), which `MultiTaskTrainer.train` reads back on
+    --resume_from_checkpoint, so that a resumed run continues with the weights it had."""
+
+    def __init__(self, trainer: MultiTaskTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        balancer = self.trainer.loss_balancer
+        if balancer is not None and args.world_size > 1:
+            for parameter in balancer.parameters():
+                if parameter.grad is None:  # no task labelled in this process's batches: every process must join
+                    parameter.grad = torch.zeros_like(parameter)
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= args.world_size
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.loss_balancer is not None:
+            self.trainer.loss_balancer.zero_grad(set_to_none=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = checkpoint_folder(args, state)
+        balancer = self.trainer.loss_balancer
+        if args.should_save and balancer is not None and os.path.isdir(folder):
+            torch.save(balancer.state_dict(), os.path.join(folder, LOSS_BALANCING_FILE))
 
 
 class CheckpointCard(TrainerCallback):

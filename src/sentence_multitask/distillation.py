@@ -1,0 +1,161 @@
+"""Distillation from single-task teachers with teacher annealing (BAM!, Clark et al. 2019).
+
+A teacher is any saved sentence-multitask model that has the task. Its labels are matched to the student's by name;
+its logits are computed once before training, for the rows labelled for the task (the rows whose gold label the
+distillation term sits beside), and stored as a `teacher_<task>` column of the training set (NaN on the other rows).
+The collator puts them in the batch, so training runs no teacher forward pass. The loss of a distilled task is
+
+    (1 - w) * supervised + w * task_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+where the teacher weight `w` goes linearly from 1 to 0 over training (teacher annealing) or stays constant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+from transformers.utils.logging import tqdm
+
+from .arguments import TEACHER_ANNEALING_MODES, parse_key_values
+from .data import IGNORE, LABEL_PREFIX, MultiTaskCollator
+from .inference_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches, load_tokenizer
+from .modeling_sentence_multitask import SentenceMultiTaskModel
+
+logger = logging.getLogger(__name__)
+
+TEACHER_PREFIX = "teacher_"
+SINGLE_LABEL = "single_label"
+
+
+def parse_teachers(items: Sequence[str] | None) -> dict[str, str]:
+    """--teachers TASK=MODEL items as {task: model folder or Hub id}."""
+    return parse_key_values(items, "--teachers")
+
+
+def task_type(config, task: str) -> str:
+    """The type of `task` in a model config; configs without task types hold single-label tasks only."""
+    return config.task_type(task) if hasattr(config, "task_type") else SINGLE_LABEL
+
+
+def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source: str) -> list[int]:
+    """The teacher's logit column of each of the student's `labels` of `task`, matched by name; an error names the
+    teacher and what does not match."""
+    teacher_tasks = teacher_config.tasks
+    if task not in teacher_tasks:
+        raise ValueError(f"--teachers {task}={source}: that model has no task {task!r} (its tasks are "
+                         f"{list(teacher_tasks)}); give a model trained on {task!r}.")
+    if task_type(teacher_config, task) != SINGLE_LABEL:
+        raise ValueError(f"--teachers {task}={source}: its task {task!r} is {task_type(teacher_config, task)}; "
+                         "distillation applies to single-label tasks.")
+    theirs = list(teacher_tasks[task])
+    if sorted(theirs) != sorted(labels):
+        raise ValueError(f"--teachers {task}={source}: its labels {theirs} are not the student's {list(labels)}; "
+                         "a teacher needs the same label names (in any order).")
+    return [theirs.index(label) for label in labels]
+
+
+def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> dict[str, Any]:
+    """Load each teacher's config and check it against the student (task, single-label type, label names,
+    vocabulary) before any teacher weights are read; returns {task: (label order, config)}."""
+    from .configuration_sentence_multitask import SentenceMultiTaskConfig
+
+    checked = {}
+    for task, source in teachers.items():
+        if task not in student_config.tasks:
+            raise ValueError(f"--teachers names task {task!r}, but the tasks are {list(student_config.tasks)}.")
+        if task_type(student_config, task) != SINGLE_LABEL:
+            raise ValueError(f"--teachers {task}=...: task {task!r} is {task_type(student_config, task)}; "
+                             "distillation applies to single-label tasks.")
+        try:
+            config = SentenceMultiTaskConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"--teachers {task}={source}: not a saved sentence-multitask model ({error}).") from None
+        order = teacher_label_order(config, task, student_config.tasks[task], source)
+        # The teacher reads the student's token ids (the texts are tokenised once, before training).
+        if load_tokenizer(source, config.encoder).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"--teachers {task}={source}: its tokenizer's vocabulary differs from the student's; "
+                             "the teacher reads the student's token ids, so give a teacher trained from the same "
+                             "encoder family.")
+        checked[task] = (order, config)
+    return checked
+
+
+def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], student_config, tokenizer,
+                       device: torch.device | str = "cpu", batch_size: int = 128,
+                       bf16: bool = False) -> datasets.Dataset:
+    """`dataset` with a `teacher_<task>` column per teacher: its logits in the student's label order on the rows
+    labelled for the task, NaN on the others. One batched, length-sorted pass per teacher, under inference mode."""
+    device = torch.device(device)
+    for task, (order, _) in check_teachers(teachers, student_config, tokenizer).items():
+        source = teachers[task]
+        teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
+        rows = np.flatnonzero(np.asarray(dataset[LABEL_PREFIX + task]) != IGNORE)
+        ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
+        logits = np.full((len(dataset), len(order)), np.nan, dtype=np.float32)
+        logger.info("Teacher logits of task %r from %s on %d rows", task, source, len(rows))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        # The rows are token ids already: the identity "tokenizer" hands them to the shared length-sorted batching.
+        batches = length_sorted_batches(ids, lambda texts: texts, batch_size, pad_id=tokenizer.pad_token_id or 0,
+                                        device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
+                                        show_progress_bar=None, progress_bar=tqdm)
+        with torch.inference_mode(), autocast:
+            for positions, inputs in batches:
+                scores = teacher(**inputs).logits[task][:, order]
+                logits[rows[positions]] = scores.float().cpu().numpy()
+        del teacher
+        dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
+    return dataset
+
+
+def teacher_weight(step: int, max_steps: int, annealing: str = "linear", constant: float = 0.5) -> float:
+    """The weight of the teacher term at optimizer step `step` of `max_steps`: linear annealing goes from 1 at the
+    first step towards 0 at the last; constant keeps `constant`. A function of the step only, so a resumed run
+    continues exactly."""
+    if annealing == "constant":
+        return constant
+    if annealing != "linear":
+        raise ValueError(f"teacher annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got {annealing!r}.")
+    return max(0.0, 1.0 - step / max(1, max_steps))
+
+
+def distillation_loss(supervised: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      teacher_weight: float, temperature: float = 1.0, task_weight: float = 1.0) -> torch.Tensor:
+    """`(1 - w) * supervised + w * task_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))`, the KL
+    averaged over the rows that have teacher logits (rows of NaN have none).
+
+    Args:
+        supervised: the task's supervised loss on this batch, already weighted by its task weight (the model's
+            `compute_loss` of this one task).
+        student_logits, teacher_logits: `(batch, labels)`, in the same label order.
+        teacher_weight: `w`, in [0, 1].
+        temperature: `T`; `T^2` keeps the gradient's scale independent of it (Hinton et al. 2015).
+        task_weight: the task's static weight, applied to the distillation term as it is to `supervised`.
+    """
+    teacher_logits = teacher_logits.to(student_logits.device)
+    rows = ~torch.isnan(teacher_logits).any(dim=-1)
+    if teacher_weight == 0 or not bool(rows.any()):
+        distilled = student_logits.sum() * 0.0  # keeps the head in the graph
+    else:
+        student = nn.functional.log_softmax(student_logits[rows].float() / temperature, dim=-1)
+        teacher = nn.functional.log_softmax(teacher_logits[rows].float() / temperature, dim=-1)
+        distilled = nn.functional.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+    return (1.0 - teacher_weight) * supervised + teacher_weight * task_weight * distilled
+
+
+class DistillationCollator(MultiTaskCollator):
+    """`MultiTaskCollator` that also gathers the `teacher_<task>` columns of the active tasks into
+    `batch["teacher_logits"]` (task -> float tensor `(batch, labels)`, NaN rows: no teacher)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(rows)
+        teachers = {task: torch.tensor([row[TEACHER_PREFIX + task] for row in rows], dtype=torch.float32)
+                    for task in self.tasks if TEACHER_PREFIX + task in rows[0]}
+        if teachers:
+            batch["teacher_logits"] = teachers
+        return batch

@@ -1,0 +1,236 @@
+"""Distillation from teachers (BAM!), uncertainty loss balancing and annealed task sampling, on the tiny random
+encoder of `tiny_encoder` and small JSON Lines files written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sentence_multitask import SentenceMultiTaskModel, training
+from sentence_multitask.arguments import parse_args
+from sentence_multitask.data import IGNORE, LABEL_PREFIX
+from sentence_multitask.distillation import (
+    TEACHER_PREFIX,
+    DistillationCollator,
+    add_teacher_logits,
+    check_teachers,
+    distillation_loss,
+    teacher_weight,
+)
+from sentence_multitask.sampling import MultiTaskSampler, annealed_alpha, source_shares
+from sentence_multitask.trainer import LOSS_BALANCING_FILE, MultiTaskTrainer
+
+TOPICS = {"sports": ["the team won the match", "the striker scored twice"],
+          "health": ["the doctor changed my medicine", "my flu is finally gone"],
+          "tech": ["the laptop update broke wifi", "the app crashes on start"]}
+FEELINGS = {"negative": ["and it was awful", "sadly a disaster"], "positive": ["and it was wonderful", "what a joy"]}
+TASKS = {"topic": sorted(TOPICS), "sentiment": sorted(FEELINGS)}
+
+
+def write_rows(path: Path, n: int, seed: int, tasks=("topic", "sentiment")) -> str:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topic, feeling = rng.choice(sorted(TOPICS)), rng.choice(sorted(FEELINGS))
+        row = {"text": f"{rng.choice(TOPICS[topic])} {rng.choice(FEELINGS[feeling])}" + " really" * rng.randint(0, 5)}
+        row.update({task: value for task, value in (("topic", topic), ("sentiment", feeling)) if task in tasks})
+        rows.append(row)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("distillation-data")
+    return {"topic": write_rows(folder / "topic.jsonl", 24, 1, ("topic",)),
+            "sentiment": write_rows(folder / "sentiment.jsonl", 16, 2, ("sentiment",)),
+            "validation": write_rows(folder / "validation.jsonl", 12, 3)}
+
+
+def save_teacher(folder: Path, encoder: str, tasks: dict[str, list[str]], seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    SentenceMultiTaskModel.from_encoder(encoder, tasks=tasks).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, tiny_encoder) -> dict[str, str]:
+    """Single-task teachers; the sentiment teacher lists its labels in the other order."""
+    folder = tmp_path_factory.mktemp("teachers")
+    return {"topic": save_teacher(folder / "topic", tiny_encoder, {"topic": TASKS["topic"]}, 1),
+            "sentiment": save_teacher(folder / "sentiment", tiny_encoder, {"sentiment": ["positive", "negative"]}, 2)}
+
+
+def run_args(tiny_encoder: str, out: Path, files: dict[str, str], *extra: str) -> list[str]:
+    return ["--encoder", tiny_encoder, "--output_dir", str(out), "--per_device_train_batch_size", "8",
+            "--train_files", f"topic={files['topic']}", f"sentiment={files['sentiment']}",
+            "--labels", "topic=" + ",".join(TASKS["topic"]), "sentiment=" + ",".join(TASKS["sentiment"]),
+            "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+            "--dataloader_pin_memory", "false", "--head_dropout", "0", *extra]
+
+
+# ---------------------------------------------------------------------------------------------------- the loss
+
+
+def test_distillation_loss_is_the_supervised_loss_without_teacher_weight(tiny_encoder):
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS, task_weights={"sentiment": 3.0})
+    torch.manual_seed(0)
+    logits = {task: torch.randn(6, len(labels)) for task, labels in TASKS.items()}
+    labels = {"topic": torch.tensor([0, 1, 2, IGNORE, 1, 0]), "sentiment": torch.tensor([1, IGNORE, 0, 0, 1, 1])}
+    teachers = {task: torch.randn(6, len(names)) for task, names in TASKS.items()}
+    for epsilon in (0.0, 0.1):
+        plain = model.compute_loss(logits, labels, label_smoothing=epsilon)
+        blended = sum(
+            distillation_loss(model.compute_loss({t: logits[t]}, {t: labels[t]}, label_smoothing=epsilon), logits[t],
+                              teachers[t], teacher_weight(10, 10), temperature=2.0,
+                              task_weight=model.config.task_weight(t))
+            for t in TASKS)
+        torch.testing.assert_close(blended, plain)
+
+
+def test_pure_distillation_of_a_student_equal_to_its_teacher_has_zero_gradient():
+    torch.manual_seed(0)
+    teacher = torch.randn(5, 3) * 4
+    teacher[2] = float("nan")  # a row without teacher logits
+    for temperature in (1.0, 2.0):
+        student = torch.where(torch.isnan(teacher), torch.randn(5, 3), teacher).requires_grad_()
+        supervised = torch.nn.functional.cross_entropy(student, torch.tensor([0, 1, 2, 0, 1]))
+        loss = distillation_loss(supervised, student, teacher, teacher_weight=1.0, temperature=temperature)
+        (gradient,) = torch.autograd.grad(loss, student)
+        assert loss.abs().item() < 1e-6 and gradient.abs().max().item() < 1e-6
+        other = (teacher.nan_to_num() + torch.randn(5, 3)).requires_grad_()
+        (gradient,) = torch.autograd.grad(distillation_loss(supervised.detach(), other, teacher, 1.0, temperature), other)
+        assert gradient.abs().max().item() > 1e-3 and gradient[2].abs().max().item() == 0  # NaN rows: no teacher
+
+
+def test_teacher_weight_anneals_linearly_from_one_to_zero_or_stays_constant():
+    assert [teacher_weight(step, 4) for step in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert teacher_weight(3, 4, "constant", 0.3) == 0.3
+    with pytest.raises(ValueError, match="linear, constant"):
+        teacher_weight(0, 4, "cosine")
+
+
+# ---------------------------------------------------------------------------------------------------- teachers
+
+
+def test_teacher_labels_in_another_order_are_mapped_by_name(tiny_encoder, teachers):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    texts = ["what a joy", "the app crashes on start and it was awful", "my flu is finally gone"]
+    table = {**tokenizer(texts), LABEL_PREFIX + "sentiment": [1, 0, IGNORE], LABEL_PREFIX + "topic": [0, 1, 2]}
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
+    dataset = add_teacher_logits(datasets.Dataset.from_dict(table), {"sentiment": teachers["sentiment"]}, student,
+                                 tokenizer, batch_size=2)
+    stored = np.asarray(dataset[TEACHER_PREFIX + "sentiment"], dtype=np.float32)
+    teacher = SentenceMultiTaskModel.from_pretrained(teachers["sentiment"]).eval()
+    with torch.no_grad():
+        own = teacher(**tokenizer(texts[:2], padding=True, return_tensors="pt")).logits["sentiment"].numpy()
+    # The teacher's labels are [positive, negative], the student's [negative, positive].
+    np.testing.assert_allclose(stored[:2], own[:, ::-1], atol=1e-5)
+    assert np.isnan(stored[2]).all()  # a row without a sentiment label gets no teacher logits
+    batch = DistillationCollator(tokenizer, ["topic", "sentiment"])([dataset[i] for i in range(3)])
+    assert list(batch["teacher_logits"]) == ["sentiment"] and batch["teacher_logits"]["sentiment"].shape == (3, 2)
+
+
+def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_path, tiny_encoder, teachers):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
+    with pytest.raises(ValueError, match=r"--teachers sentiment=.*has no task 'sentiment' \(its tasks are \['topic'\]"):
+        check_teachers({"sentiment": teachers["topic"]}, student, tokenizer)
+    other = save_teacher(tmp_path / "other", tiny_encoder, {"sentiment": ["bad", "good"]})
+    with pytest.raises(ValueError, match=r"its labels \['bad', 'good'\] are not the student's \['negative', 'posi"):
+        check_teachers({"sentiment": other}, student, tokenizer)
+    with pytest.raises(ValueError, match=r"--teachers names task 'emotion', but the tasks are"):
+        check_teachers({"emotion": teachers["topic"]}, student, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def test_training_with_teachers_and_gradient_accumulation(tmp_path, tiny_encoder, files, teachers):
+    training.main(run_args(tiny_encoder, tmp_path, files, "--teachers", f"topic={teachers['topic']}",
+                           f"sentiment={teachers['sentiment']}", "--distillation_temperature", "2", "--max_steps", "2",
+                           "--gradient_accumulation_steps", "2", "--teacher_annealing", "constant",
+                           "--distillation_weight", "0.7", "--task_sampling", "annealed"))
+    assert list(SentenceMultiTaskModel.from_pretrained(tmp_path).config.tasks) == ["topic", "sentiment"]
+    card = (tmp_path / "README.md").read_text()
+    assert "temperature 2.0, teacher weight constant 0.7" in card
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_with_teachers_and_uncertainty_weighting_is_exact(tmp_path, tiny_encoder, files, teachers, monkeypatch):
+    from transformers import TrainerCallback
+
+    options = ["--teachers", f"sentiment={teachers['sentiment']}", "--loss_balancing", "uncertainty",
+               "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--seed", "5"]
+    training.main(run_args(tiny_encoder, tmp_path / "a", files, *options))
+
+    class CrashAfterCheckpoint3(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Interrupted
+
+    class CrashingTrainer(MultiTaskTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(CrashAfterCheckpoint3())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "MultiTaskTrainer", CrashingTrainer)
+        with pytest.raises(Interrupted):
+            training.main(run_args(tiny_encoder, tmp_path / "b", files, *options))
+    halfway = torch.load(tmp_path / "b" / "checkpoint-3" / LOSS_BALANCING_FILE)["log_variances"]
+    assert halfway.abs().max() > 0  # learned, and saved with the checkpoint
+    training.main(run_args(tiny_encoder, tmp_path / "b", files, *options, "--resume_from_checkpoint",
+                           str(tmp_path / "b" / "checkpoint-3")))
+
+    uninterrupted, resumed = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
+    worst = max((uninterrupted[k] - resumed[k]).abs().max().item() for k in uninterrupted)
+    assert worst <= 1e-6, f"resumed run differs from the uninterrupted one by up to {worst}"
+    final = [torch.load(tmp_path / name / "checkpoint-6" / LOSS_BALANCING_FILE)["log_variances"] for name in "ab"]
+    torch.testing.assert_close(final[0], final[1], rtol=0, atol=1e-6)
+    assert not torch.equal(final[1], halfway)
+    assert LOSS_BALANCING_FILE not in os.listdir(tmp_path / "a")  # not part of the saved model
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--teacher_annealing", "cosine", "--teacher_annealing must be one of linear, constant"),
+    ("--distillation_temperature", "0", "--distillation_temperature must be positive"),
+    ("--distillation_weight", "1.5", r"--distillation_weight must be in \[0, 1\]"),
+    ("--loss_balancing", "gradnorm", "--loss_balancing must be one of static, uncertainty"),
+    ("--task_sampling", "annealing", "--task_sampling must be one of proportional, temperature, round_robin, annealed"),
+])
+def test_bad_options_are_refused_by_name(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args([option, value])
+
+
+# ---------------------------------------------------------------------------------------------------- sampling
+
+
+def test_annealed_sampling_changes_the_shares_across_epochs():
+    sizes = [900, 100]
+    assert [annealed_alpha(epoch, 3) for epoch in range(3)] == pytest.approx([1.0, 0.6, 0.2])
+    assert annealed_alpha(0, 1) == 1.0
+    sources = np.repeat([0, 1], sizes)
+    sampler = MultiTaskSampler(sources, None, batch_size=10, mode="annealed", seed=3, group_by_length=False, epochs=3)
+    for epoch, alpha in enumerate((1.0, 0.6, 0.2)):
+        expected = np.power(sizes, alpha) / np.power(sizes, alpha).sum()
+        np.testing.assert_allclose(source_shares(sizes, "annealed", epoch=epoch, epochs=3), expected)
+        sampler.set_epoch(epoch)
+        drawn = np.bincount(sources[np.array(list(sampler))], minlength=2) / len(sources)
+        np.testing.assert_allclose(drawn, expected, atol=0.04)
