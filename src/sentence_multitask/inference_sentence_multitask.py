@@ -180,10 +180,9 @@ def _label_results(outputs: Mapping[str, torch.Tensor], config, return_all_score
             chosen = (values >= values.new_tensor(config.task_thresholds(task))).tolist()
             rows = values.tolist()
             for i in range(n):
-                names = [label for label, keep in zip(labels, chosen[i]) if keep]
-                shown = labels if return_all_scores else names
-                results[i][task] = {"labels": names,
-                                    "scores": {label: rows[i][labels.index(label)] for label in shown}}
+                scores = {label: p for label, p, keep in zip(labels, rows[i], chosen[i]) if keep or return_all_scores}
+                results[i][task] = {"labels": [label for label, keep in zip(labels, chosen[i]) if keep],
+                                    "scores": scores}
             continue
         probs = values.softmax(-1)
         scores, best = probs.max(-1)
