@@ -115,6 +115,7 @@ def main() -> None:
                             "encoder": "all-MiniLM-L6-v2", "seed": SEED}}
     results["tfidf_ovr_logreg"] = tfidf_baseline(train, validation, labels)
     print("TF-IDF:", json.dumps(results["tfidf_ovr_logreg"]["tuned_crossfit"]), flush=True)
+    (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.evaluation import evaluate_model
