@@ -23,24 +23,19 @@ from torch import nn
 from transformers.utils.logging import tqdm
 
 from .arguments import TEACHER_ANNEALING_MODES, parse_key_values
-from .data import IGNORE, LABEL_PREFIX, MultiTaskCollator
-from .inference_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches, load_tokenizer
+from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
+from .data import LABEL_PREFIX, MultiTaskCollator
+from .inference_sentence_multitask import CPU_BATCH_TOKENS, labelled, length_sorted_batches, load_tokenizer
 from .modeling_sentence_multitask import SentenceMultiTaskModel
 
 logger = logging.getLogger(__name__)
 
 TEACHER_PREFIX = "teacher_"
-SINGLE_LABEL = "single_label"
 
 
 def parse_teachers(items: Sequence[str] | None) -> dict[str, str]:
     """--teachers TASK=MODEL items as {task: model folder or Hub id}."""
     return parse_key_values(items, "--teachers")
-
-
-def task_type(config, task: str) -> str:
-    """The type of `task` in a model config; configs without task types hold single-label tasks only."""
-    return config.task_type(task) if hasattr(config, "task_type") else SINGLE_LABEL
 
 
 def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source: str) -> list[int]:
@@ -50,8 +45,8 @@ def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source
     if task not in teacher_tasks:
         raise ValueError(f"--teachers {task}={source}: that model has no task {task!r} (its tasks are "
                          f"{list(teacher_tasks)}); give a model trained on {task!r}.")
-    if task_type(teacher_config, task) != SINGLE_LABEL:
-        raise ValueError(f"--teachers {task}={source}: its task {task!r} is {task_type(teacher_config, task)}; "
+    if teacher_config.task_type(task) != SINGLE_LABEL:
+        raise ValueError(f"--teachers {task}={source}: its task {task!r} is {teacher_config.task_type(task)}; "
                          "distillation applies to single-label tasks.")
     theirs = list(teacher_tasks[task])
     if sorted(theirs) != sorted(labels):
@@ -63,14 +58,12 @@ def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source
 def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> dict[str, Any]:
     """Load each teacher's config and check it against the student (task, single-label type, label names,
     vocabulary) before any teacher weights are read; returns {task: (label order, config)}."""
-    from .configuration_sentence_multitask import SentenceMultiTaskConfig
-
     checked = {}
     for task, source in teachers.items():
         if task not in student_config.tasks:
             raise ValueError(f"--teachers names task {task!r}, but the tasks are {list(student_config.tasks)}.")
-        if task_type(student_config, task) != SINGLE_LABEL:
-            raise ValueError(f"--teachers {task}=...: task {task!r} is {task_type(student_config, task)}; "
+        if student_config.task_type(task) != SINGLE_LABEL:
+            raise ValueError(f"--teachers {task}=...: task {task!r} is {student_config.task_type(task)}; "
                              "distillation applies to single-label tasks.")
         try:
             config = SentenceMultiTaskConfig.from_pretrained(source)
@@ -95,7 +88,7 @@ def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], s
     for task, (order, _) in check_teachers(teachers, student_config, tokenizer).items():
         source = teachers[task]
         teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
-        rows = np.flatnonzero(np.asarray(dataset[LABEL_PREFIX + task]) != IGNORE)
+        rows = np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task])))
         ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
         logits = np.full((len(dataset), len(order)), np.nan, dtype=np.float32)
         logger.info("Teacher logits of task %r from %s on %d rows", task, source, len(rows))
@@ -138,7 +131,7 @@ def distillation_loss(supervised: torch.Tensor, student_logits: torch.Tensor, te
         task_weight: the task's static weight, applied to the distillation term as it is to `supervised`.
     """
     teacher_logits = teacher_logits.to(student_logits.device)
-    rows = ~torch.isnan(teacher_logits).any(dim=-1)
+    rows = labelled(teacher_logits)
     if teacher_weight == 0 or not bool(rows.any()):
         distilled = student_logits.sum() * 0.0  # keeps the head in the graph
     else:

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_l
 
 from .card import write_checkpoint_card
 from .distillation import distillation_loss, teacher_weight
+from .inference_sentence_multitask import labelled
 from .sampling import MultiTaskSampler
 
 LOSS_BALANCING_FILE = "loss_balancing.pt"  # the learned loss weights, saved with each checkpoint
@@ -38,11 +39,11 @@ class UncertaintyWeighting(nn.Module):
         self.tasks = list(tasks)
         self.log_variances = nn.Parameter(torch.zeros(len(self.tasks)))
 
-    def forward(self, losses: Mapping[str, torch.Tensor], labelled: Mapping[str, bool],
+    def forward(self, losses: Mapping[str, torch.Tensor], present: Mapping[str, bool],
                 weights: Mapping[str, float]) -> torch.Tensor:
         total = 0.0
         for index, task in enumerate(self.tasks):
-            if task in losses and labelled.get(task, False):
+            if task in losses and present.get(task, False):
                 s = self.log_variances[index]
                 total = total + torch.exp(-s) * losses[task] + 0.5 * weights[task] * s
             elif task in losses:
@@ -52,14 +53,6 @@ class UncertaintyWeighting(nn.Module):
     def task_weights(self) -> dict[str, float]:
         """exp(-s_t) per task: the learned weight of each task's loss."""
         return {task: math.exp(-value) for task, value in zip(self.tasks, self.log_variances.tolist())}
-
-
-def has_labels(labels: torch.Tensor) -> bool:
-    """Whether a task's label tensor holds any label (-100 or NaN: none)."""
-    present = labels != -100
-    if labels.is_floating_point():
-        present &= ~torch.isnan(labels)
-    return bool(present.any())
 
 
 class MultiTaskTrainer(Trainer):
@@ -76,7 +69,9 @@ class MultiTaskTrainer(Trainer):
         """`Trainer.train`, with a fresh `UncertaintyWeighting` (restored from the checkpoint when resuming)."""
         if getattr(self.args, "loss_balancing", "static") == "uncertainty":
             self.loss_balancer = UncertaintyWeighting(list(self.model.config.tasks)).to(self.args.device)
-            folder = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            folder = resume_from_checkpoint
+            if folder is True:
+                folder = get_last_checkpoint(self.args.output_dir)
             path = os.path.join(folder, LOSS_BALANCING_FILE) if folder else None
             if path and os.path.isfile(path):
                 self.loss_balancer.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
@@ -110,7 +105,7 @@ class MultiTaskTrainer(Trainer):
         args = self.args
         weight = teacher_weight(self.state.global_step, self.state.max_steps, args.teacher_annealing,
                                 args.distillation_weight)
-        losses, labelled = {}, {}
+        losses, present = {}, {}
         for task, task_labels in labels.items():
             loss = model.compute_loss({task: logits[task]}, {task: task_labels},
                                       label_smoothing=args.label_smoothing_factor)
@@ -118,13 +113,13 @@ class MultiTaskTrainer(Trainer):
                 loss = distillation_loss(loss, logits[task], teachers[task], weight, args.distillation_temperature,
                                          model.config.task_weight(task))
             losses[task] = loss
-            labelled[task] = has_labels(task_labels) or (task in teachers and not bool(teachers[task].isnan().all()))
+            present[task] = bool(labelled(task_labels).any() or (task in teachers and labelled(teachers[task]).any()))
         # Heads of tasks outside this phase stay in the graph (DDP expects a gradient for every trained parameter).
         total = sum(task_logits.sum() * 0.0 for task_logits in logits.values())
         if self.loss_balancer is None:
             return total + sum(losses.values())
         weights = {task: model.config.task_weight(task) for task in losses}
-        return total + self.loss_balancer(losses, labelled, weights)
+        return total + self.loss_balancer(losses, present, weights)
 
     def _get_train_sampler(self, train_dataset=None):
         # The one private Trainer method overridden here: the Trainer has no public way to choose the training
