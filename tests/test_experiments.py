@@ -1,9 +1,9 @@
-"""The quality experiment (experiments/quality) runs end to end on a tiny slice, so that it cannot rot."""
+"""The quality experiment (experiments/quality) runs end to end on a tiny slice, so that it cannot rot: every run of
+the plan, with the tiny random encoder, in this process (`--in_process`; each run is otherwise a process of its own).
+"""
 
+import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -11,12 +11,14 @@ from .conftest import REPO, SHARED_DATA
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "topic_train.jsonl").exists(), reason="needs ../shared/data")
-def test_quality_experiment_smoke(tmp_path):
+def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     pytest.importorskip("sklearn")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHARED_DATA": str(SHARED_DATA)}
-    result = subprocess.run([sys.executable, str(REPO / "experiments" / "quality" / "run.py"), "--smoke", "--out",
-                             str(tmp_path)], capture_output=True, text=True, env=env, timeout=1200)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("quality_run", REPO / "experiments" / "quality" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    monkeypatch.setattr(run, "DATA", SHARED_DATA)
+    monkeypatch.syspath_prepend(str(run.HERE))  # for its sibling report.py
+    run.main(["--smoke", "--encoder", tiny_encoder, "--in_process", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     expected = {"tfidf_logreg", "frozen_minilm_logreg", "multitask", "single_topic", "single_sentiment"}
     expected |= {f"limited_{method}_{fraction}" for method in ("single", "joint", "sequential")
@@ -32,3 +34,5 @@ def test_quality_experiment_smoke(tmp_path):
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.05" / "options.json").read_text())
     assert options["freeze_encoder"] is True and options["model_name_or_path"].endswith("single_topic/model")
+    assert "encoder" not in options  # the topic model's own encoder
+    assert json.loads((tmp_path / "runs" / "multitask" / "options.json").read_text())["encoder"] == tiny_encoder

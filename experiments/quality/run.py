@@ -4,8 +4,9 @@
     python experiments/quality/run.py --only main          # the main table only
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
-Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process, with the options of base.json
-plus the run's own; each run's options, log and metrics are kept under OUT/runs/NAME/.
+Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
+with the options of base.json plus the run's own; each run's options, log and metrics are kept under OUT/runs/NAME/.
+`--encoder PATH` starts every run and the frozen baseline from another encoder (the test: a tiny random one).
 Baselines: TF-IDF (word 1-2 grams) + logistic regression, and frozen all-MiniLM-L6-v2 embeddings + logistic
 regression, fitted on the same training files and scored on the same validation files with the same metric code.
 """
@@ -13,6 +14,7 @@ regression, fitted on the same training files and scored on the same validation 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -56,9 +58,11 @@ def scores(predicted, references, labels) -> dict:
 
 
 class Experiment:
-    def __init__(self, out: Path, smoke: bool):
+    def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = out
         self.smoke = smoke
+        self.encoder = encoder  # None: the package's default encoder
+        self.in_process = in_process
         self.results = self._load(out / "results.json")
         self.files = self._prepare_files()
 
@@ -107,6 +111,8 @@ class Experiment:
         run_dir.mkdir(parents=True, exist_ok=True)
         merged = {**json.loads((HERE / "base.json").read_text()), **options, "output_dir": str(run_dir / "model"),
                   "overwrite_model": True}
+        if self.encoder and "model_name_or_path" not in options:
+            merged["encoder"] = self.encoder
         if self.smoke:
             merged.update(num_train_epochs=1, max_steps=2, per_device_train_batch_size=8)
         train_rows = sum(self.rows(key) for key in options.pop("_rows", []))
@@ -117,9 +123,7 @@ class Experiment:
         options_path = run_dir / "options.json"
         options_path.write_text(json.dumps(merged, indent=2))
         started = time.time()
-        with open(run_dir / "train.log", "w") as log:
-            subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "train", str(options_path)],
-                           stdout=log, stderr=subprocess.STDOUT, check=True)
+        self.command(["train", str(options_path)], run_dir / "train.log")
         seconds = time.time() - started
         metrics = json.loads((run_dir / "model" / "eval_results.json").read_text())
         result = {"metrics": self._task_metrics(metrics), "seconds": round(seconds, 1),
@@ -128,6 +132,20 @@ class Experiment:
         self.save()
         print(f"{name}: {json.dumps(result['metrics'])} ({seconds:.0f} s)", flush=True)
         return result
+
+    def command(self, argv: list[str], log: Path) -> None:
+        """`sentence-multitask ARGV`, its output to `log`: in a process of its own, or in this one (--in_process)."""
+        with open(log, "w") as handle:
+            if not self.in_process:
+                subprocess.run([sys.executable, "-m", "sentence_multitask.cli", *argv], stdout=handle,
+                               stderr=subprocess.STDOUT, check=True)
+                return
+            from sentence_multitask.cli import main as cli
+
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                status = cli(argv)
+            if status:
+                raise SystemExit(f"sentence-multitask {' '.join(argv)} exited with status {status}; see {log}")
 
     @staticmethod
     def _task_metrics(flat: dict) -> dict:
@@ -171,7 +189,7 @@ class Experiment:
         from sentence_multitask import SentenceMultiTaskModel
 
         started, metrics = time.time(), {}
-        model = SentenceMultiTaskModel.from_encoder(tasks=TASKS)
+        model = SentenceMultiTaskModel.from_encoder(self.encoder, tasks=TASKS)
         for task, labels in TASKS.items():
             train, valid = read_jsonl(self.files[f"{task}_train"]), read_jsonl(self.files[f"{task}_validation"])
             x_train = model.encode([row["text"] for row in train], batch_size=64, max_length=64)
@@ -200,9 +218,8 @@ class Experiment:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
         report_path = self.out / "evaluate_multitask.json"
-        subprocess.run([sys.executable, "-m", "sentence_multitask.cli", "evaluate", "--model", str(model_dir), "--data",
-                        *self.validation("topic", "sentiment"), "--output", str(report_path)],
-                       check=True, capture_output=True)
+        self.command(["evaluate", "--model", str(model_dir), "--data", *self.validation("topic", "sentiment"),
+                      "--output", str(report_path)], self.out / "evaluate_multitask.log")
         report = json.loads(report_path.read_text())
         reported = self.results["runs"]["multitask"]["metrics"]
         differences = [abs(report["tasks"][task][name] - reported[task][name])
@@ -257,9 +274,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "limited", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
+    parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
+                                          "all-MiniLM-L6-v2).")
+    parser.add_argument("--in_process", action="store_true",
+                        help="Run each `sentence-multitask` command in this process instead of its own (faster for "
+                             "--smoke; the runs then share global state such as logging).")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    experiment = Experiment(args.out, args.smoke)
+    experiment = Experiment(args.out, args.smoke, args.encoder, args.in_process)
     started = time.time()
     if args.only in ("main", "all"):
         experiment.main_table()
@@ -268,11 +290,12 @@ def main(argv=None) -> None:
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
-    from report import write_report  # noqa: E402 - sibling module
+    if str(HERE) not in sys.path:  # imported by a test rather than run as a script
+        sys.path.insert(0, str(HERE))
+    from report import write_report
 
     write_report(args.out)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     main()
