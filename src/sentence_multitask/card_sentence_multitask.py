@@ -18,7 +18,7 @@ $metadata
 
 # $model_name
 
-A multi-task sentence model built with [sentence-multitask](https://pypi.org/project/sentence-multitask/): one
+A multi-task sentence model built with sentence-multitask: one
 `$encoder_type` encoder ($base_model) mean-pools each text into a $hidden_size-dimensional embedding, and one small
 MLP head per task predicts every task in the same forward pass.
 
