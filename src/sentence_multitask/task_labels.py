@@ -33,15 +33,17 @@ def parse_task_types(items, tasks) -> dict[str, str]:
 
 
 def detect_types(sources, tasks, given: dict[str, str]) -> dict[str, str]:
-    """Every task's type: as given, else multi-label where a training column of the task holds lists, else
-    single-label (a regression task must be named in --task_types: numbers are also class ids)."""
+    """Every task's type: as given, else multi-label where every labelled training cell of the task holds a list,
+    else single-label (a regression task must be named in --task_types: numbers are also class ids). A column that
+    mixes lists and names stays single-label, and its first list is then refused with its file and line."""
     types = {}
     for task in tasks:
         if task in given:
             types[task] = given[task]
             continue
-        lists = any(isinstance(value, list) for _, dataset, columns in sources if task in columns
-                    for value in dataset[columns[task]])
+        values = [value for _, dataset, columns in sources if task in columns for value in dataset[columns[task]]
+                  if has_value(value)]
+        lists = bool(values) and all(isinstance(value, list) for value in values)
         types[task] = MULTI_LABEL if lists else SINGLE_LABEL
     return types
 
