@@ -12,6 +12,7 @@ MAIN_ROWS = [
     ("single_topic", "fine-tuned single-task model: topic"),
     ("single_sentiment", "fine-tuned single-task model: sentiment"),
     ("multitask", "**multi-task model (one encoder, both heads, one forward pass)**"),
+    ("multitask_distilled", "multi-task model distilled from the two single-task models (teacher annealing)"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"), ("sequential", "sequential (topic, then frozen encoder)"))

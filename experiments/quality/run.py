@@ -2,6 +2,7 @@
 
     python experiments/quality/run.py                      # everything, writes experiments/quality/results/
     python experiments/quality/run.py --only main          # the main table only
+    python experiments/quality/run.py --only distilled     # the multi-task run distilled from the single-task runs
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -214,6 +215,20 @@ class Experiment:
         self.train("single_sentiment", {"tasks": ["sentiment"], "train_files": [f"sentiment={files['sentiment_train']}"],
                                         "validation_files": self.validation("sentiment")})
 
+    def distilled(self) -> None:
+        """The multi-task run distilled from the two single-task runs of the main table (BAM!: teacher logits computed
+        once, teacher weight annealed from 1 to 0). Their models are not kept in the repository: a single-task run
+        whose model folder is missing is trained again first (and its figures replaced by the new run's)."""
+        runs, files = self.out / "runs", self.files
+        for name in ("single_topic", "single_sentiment"):
+            if not (runs / name / "model" / "config.json").is_file():
+                self.results["runs"].pop(name, None)
+        self.main_table()
+        self.train("multitask_distilled", {
+            "train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+            "validation_files": self.validation("topic", "sentiment"),
+            "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={runs / 'single_sentiment' / 'model'}"]})
+
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
@@ -272,7 +287,7 @@ class Experiment:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "limited", "all"), default="all")
+    parser.add_argument("--only", choices=("main", "distilled", "limited", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
                                           "all-MiniLM-L6-v2).")
@@ -286,6 +301,8 @@ def main(argv=None) -> None:
     if args.only in ("main", "all"):
         experiment.main_table()
         experiment.reproduce()
+    if args.only in ("distilled", "all"):
+        experiment.distilled()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
