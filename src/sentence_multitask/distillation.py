@@ -55,9 +55,9 @@ def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source
     return [theirs.index(label) for label in labels]
 
 
-def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> dict[str, Any]:
+def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> dict[str, list[int]]:
     """Load each teacher's config and check it against the student (task, single-label type, label names,
-    vocabulary) before any teacher weights are read; returns {task: (label order, config)}."""
+    vocabulary) before any teacher weights are read; returns each task's label order (`teacher_label_order`)."""
     checked = {}
     for task, source in teachers.items():
         if task not in student_config.tasks:
@@ -75,7 +75,7 @@ def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> di
             raise ValueError(f"--teachers {task}={source}: its tokenizer's vocabulary differs from the student's; "
                              "the teacher reads the student's token ids, so give a teacher trained from the same "
                              "encoder family.")
-        checked[task] = (order, config)
+        checked[task] = order
     return checked
 
 
@@ -85,7 +85,7 @@ def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], s
     """`dataset` with a `teacher_<task>` column per teacher: its logits in the student's label order on the rows
     labelled for the task, NaN on the others. One batched, length-sorted pass per teacher, under inference mode."""
     device = torch.device(device)
-    for task, (order, _) in check_teachers(teachers, student_config, tokenizer).items():
+    for task, order in check_teachers(teachers, student_config, tokenizer).items():
         source = teachers[task]
         teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
         rows = np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task])))
