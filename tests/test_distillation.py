@@ -235,3 +235,16 @@ def test_annealed_sampling_changes_the_shares_across_epochs():
         sampler.set_epoch(epoch)
         drawn = np.bincount(sources[np.array(list(sampler))], minlength=2) / len(sources)
         np.testing.assert_allclose(drawn, expected, atol=0.04)
+
+
+def test_annealed_sampling_spans_the_epochs_the_run_trains():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(max_steps=-1, num_train_epochs=2.5, per_device_train_batch_size=8, world_size=1,
+                           gradient_accumulation_steps=1)
+    epochs = lambda rows: MultiTaskTrainer.training_epochs(SimpleNamespace(args=args), rows)  # noqa: E731
+    assert epochs(40) == 3
+    args.max_steps = 12  # 40 rows in batches of 8: 5 steps per epoch
+    assert epochs(40) == 3
+    args.gradient_accumulation_steps = 2  # 2 optimizer steps per epoch
+    assert epochs(40) == 6
