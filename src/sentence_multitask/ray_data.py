@@ -99,9 +99,13 @@ def run_with_ray(model: str, source: str, output: str, *, address: str | None = 
         raise ValueError(f"{output} exists: name another --output (nothing is overwritten).")
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"))
+    gpu = bool(device) and device.startswith("cuda")
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if not gpu and actors >= cpus:  # each actor holds a CPU: none would be left to read and write, and the run stalls
+        raise ValueError(f"--actors {actors} on a Ray cluster of {cpus} CPUs: reading and writing need a CPU too; use "
+                         f"--actors {max(cpus - 1, 1)} (with --threads for the CPUs an actor uses) or add nodes.")
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = read_dataset(source, text_column)
-    gpu = bool(device) and device.startswith("cuda")
     mapped = dataset.map_batches(
         SentenceMultiTaskPredictor, batch_size=chunk_rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
