@@ -1,15 +1,20 @@
 """The model card (README.md) of a saved model, rendered from its config and what training measured.
 
-This file travels with every saved model (the modeling file imports it when it saves): it imports only
-huggingface_hub and the standard library.
+This file travels with every saved model (the modeling file imports it when it saves): it imports only torch,
+transformers, huggingface_hub and the standard library.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from string import Template
 from typing import Any
 
+import huggingface_hub
+import torch
+import transformers
 from huggingface_hub import EvalResult, ModelCardData
 
 TEMPLATE = """---
@@ -18,38 +23,66 @@ $metadata
 
 # $model_name
 
-A multi-task sentence model built with sentence-multitask: one
-`$encoder_type` encoder ($base_model) mean-pools each text into a $hidden_size-dimensional embedding, and one small
-MLP head per task predicts every task in the same forward pass.
+A multi-task sentence model built with sentence-multitask: one `$encoder_type` encoder ($base_model) mean-pools each
+text into a $hidden_size-dimensional embedding, and one small MLP head per task predicts every task in the same
+forward pass.
 
 $data_note
 
-## Use it
+## Usage
+
+```bash
+pip install "transformers>=5.20" torch
+```
 
 ```python
 from transformers import AutoModel
+
 model = AutoModel.from_pretrained("$repo_id", trust_remote_code=True)
 print(model.predict(["$example"]))
 ```
 
-`model.encode(texts)` returns L2-normalised sentence embeddings; `model.predict(texts, return_all_scores=True)` adds
-every label's probability. The same through a pipeline, with only `transformers` and `torch` installed:
+Example output (one dict per text, one entry per task):
+
+```text
+$sample_output
+```
+
+`model.encode(texts)` returns L2-normalised sentence embeddings, `model.predict_proba(texts)` every label's
+probability. The same through a pipeline:
 
 ```python
 from transformers import pipeline
+
 classifier = pipeline(model="$repo_id", trust_remote_code=True)
 classifier("$example")
 ```
 
+`trust_remote_code=True` runs the Python files stored with this model: `configuration_sentence_multitask.py`,
+`modeling_sentence_multitask.py`, `inference_sentence_multitask.py`, `pipeline_sentence_multitask.py` and
+`card_sentence_multitask.py`. They import only torch, transformers, huggingface_hub and the standard library, and
+make no network calls. Read them before you trust them, and pin the reviewed version with
+`from_pretrained(..., revision="<commit hash>")`.
+
 ## Tasks and labels
 
 $labels
+
+## Intended use
+
+Labelling short English texts (sentences, headlines, posts) with the tasks above, and sentence embeddings for search
+or clustering, in the domain of the training data.
+
+Out of scope: texts far from the training data's domain or language, labels other than the ones listed, and decisions
+about people without human review.
 
 ## Training
 
 $training
 
 ## Evaluation
+
+$evaluation_note
 
 $metrics
 
@@ -60,12 +93,37 @@ $confusion
 The heads only know the labels listed above: a single-label task gives every text one label, even when none fits; a
 multi-label task gives the labels whose probability reaches their threshold (possibly none). Scores are softmax or
 sigmoid probabilities, and regression values are predictions, from a model fine-tuned on the data named above; they
-are not calibrated for other domains.
+are not calibrated for other domains. The model inherits the biases of its encoder's pre-training data and of its
+training data.
+
+## Framework versions
+
+$versions
+
+## Citation
+
+```bibtex
+@inproceedings{reimers-2019-sentence-bert,
+  title = "Sentence-{BERT}: Sentence Embeddings using {S}iamese {BERT}-Networks",
+  author = "Reimers, Nils and Gurevych, Iryna",
+  booktitle = "Proceedings of EMNLP-IJCNLP 2019",
+  year = "2019",
+}
+```
 """
 
+# The Hub's metric ids (with their `args`) of each metric the model reports.
+HUB_METRICS = {"accuracy": ("accuracy", None), "macro_f1": ("f1", {"average": "macro"}),
+               "macro_recall": ("recall", {"average": "macro"}), "micro_f1": ("f1", {"average": "micro"}),
+               "subset_accuracy": ("accuracy", None), "mse": ("mse", None), "mae": ("mae", None),
+               "pearson": ("pearsonr", None), "spearman": ("spearmanr", None)}
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1", "macro_recall": "Macro-recall",
                 "micro_f1": "Micro-F1", "subset_accuracy": "Subset accuracy", "mse": "MSE", "mae": "MAE",
                 "pearson": "Pearson", "spearman": "Spearman"}
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EVALUATION_NOTE = ("The figures below are on the validation files named in Training, which also chose the training "
+                   "options (and a multi-label task's thresholds): they are optimistic estimates. Check the model on "
+                   "held-out data of your own before you rely on it.")
 TYPE_NAMES = {"single_label": "single-label", "multi_label": "multi-label", "regression": "regression"}
 
 
@@ -88,7 +146,8 @@ def render_model_card(model) -> str:
             dataset_type=f"{task}-validation",
             dataset_name=(summary.get("validation_data") or {}).get(task, f"{task} validation"),
             dataset_split="validation",
-            metric_type=metric,
+            metric_type=HUB_METRICS[metric][0],
+            metric_args=HUB_METRICS[metric][1],
             metric_name=f"{task} {METRIC_NAMES[metric]}",
             metric_value=round(float(values[metric]), 4),
         )
@@ -96,15 +155,20 @@ def render_model_card(model) -> str:
         for metric in METRIC_NAMES
         if metric in values
     ]
+    default_base = hub_base == DEFAULT_BASE_MODEL
     card_data = ModelCardData(
+        license=summary.get("license") or ("apache-2.0" if default_base else None),
+        language=summary.get("language") or (["en"] if default_base else None),
         library_name="transformers",
         pipeline_tag="text-classification",
         base_model=hub_base,
-        tags=["sentence-multitask", "multi-task", "sentence-embeddings", "text-classification", "custom_code"],
+        tags=["sentence-multitask", "multi-task", "sentence-embeddings", "text-classification", "custom_code",
+              *summary.get("tags", [])],
         datasets=datasets or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
     )
+    example = "The team won the championship last night!"
     values = {
         "metadata": card_data.to_yaml(),
         "model_name": model_name,
@@ -112,14 +176,49 @@ def render_model_card(model) -> str:
         "base_model": f"`{hub_base or base_model}`" if (hub_base or base_model) else "a custom encoder",
         "hidden_size": config.hidden_size,
         "repo_id": summary.get("repo_id", "path/to/this/model"),
-        "example": "The team won the championship last night!",
+        "example": example,
+        "sample_output": _sample_output(model, example),
         "data_note": summary.get("data_note", ""),
         "labels": _labels_section(config),
         "training": _training_section(summary, config),
+        "evaluation_note": EVALUATION_NOTE if metrics else "",
         "metrics": _metrics_table(metrics, summary.get("metrics_note"), config),
         "confusion": _confusion_section(summary.get("confusion_matrices") or {}, config.tasks),
+        "versions": (f"- transformers {transformers.__version__}\n- torch {torch.__version__}\n"
+                     f"- huggingface_hub {huggingface_hub.__version__}"),
     }
     return Template(TEMPLATE).safe_substitute(values)
+
+
+def card_for_repo(card: str, repo_id: str) -> str:
+    """`card` (a README.md this module rendered) with its usage snippets loading the model from `repo_id`."""
+    card = re.sub(r'from_pretrained\("[^"\n]*", trust_remote_code=True', f'from_pretrained("{repo_id}", trust_remote_code=True',
+                  card)
+    return re.sub(r'pipeline\(model="[^"\n]*", trust_remote_code=True', f'pipeline(model="{repo_id}", trust_remote_code=True',
+                  card)
+
+
+def _sample_output(model, text: str) -> str:
+    """What `model.predict([text])` prints, run now; the model's mode is left as it was (a save during training)."""
+    was_training = getattr(model, "training", False)
+    try:
+        result = model.predict([text])
+    except Exception as error:  # a card is written with every save: it must not stop one
+        return f"(no example: {type(error).__name__}: {error})"
+    finally:
+        if was_training:
+            model.train()
+    return json.dumps(_rounded(result), ensure_ascii=False)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
 
 
 def _labels_section(config) -> str:
@@ -157,7 +256,7 @@ def _training_section(summary: dict[str, Any], config) -> str:
         f"Heads: Linear({config.hidden_size} -> {config.head_size}) -> GELU -> dropout {config.head_dropout} -> "
         f"Linear({config.head_size} -> labels); pooling: {config.pooling}; max length: {config.max_length} tokens."
     )
-    if not summary:
+    if not hyper and not summary.get("metrics"):
         lines.insert(0, "This model has not been fine-tuned yet: its heads are freshly initialised.\n")
     return "\n".join(lines)
 

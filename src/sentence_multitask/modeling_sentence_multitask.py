@@ -426,8 +426,13 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         if revision and not revision.startswith("refs/pr"):  # upload_folder does not create the branch
             api.create_branch(repo_id=repo_id, branch=revision, token=token, exist_ok=True)
-        if tags:
-            self.training_summary = {**self.training_summary, "tags": list(tags)}
+        # The card's usage snippets name the repository the model is published to.
+        if self._saved_card is not None and not self.training_summary:
+            from .card_sentence_multitask import card_for_repo
+
+            self._saved_card = card_for_repo(self._saved_card, repo_id)
+        else:
+            self.training_summary = {**self.training_summary, "repo_id": repo_id, **({"tags": list(tags)} if tags else {})}
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, max_shard_size=max_shard_size)
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, token=token, revision=revision,
