@@ -8,6 +8,7 @@ that mixed-up rows would show), except one Unicode test on the real all-MiniLM-L
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -275,29 +276,40 @@ def test_a_lone_surrogate_gives_an_error_naming_the_position(tiny_model):
             assert f"texts[{position}]" in str(error.value), str(error.value)
 
 
-def test_long_texts_are_truncated_with_one_warning_per_call(tiny_model, tiny_pipeline):
-    module = type(tiny_model).__module__
+def test_long_texts_are_truncated_with_one_warning_per_model_and_limit(tiny_model, tiny_pipeline):
+    """Like transformers' own warnings, the truncation warning is shown once per model and limit, not at every call of
+    a loop over batches."""
+    model = copy.deepcopy(tiny_model)
+    model.__dict__.pop("_truncation_warned", None)
+    module = type(model).__module__
     texts = [LONG, "short", LONG + "tail", "é " * 3000, ("😀 שלום " * 20000)[:100_000]]
     cut = "word " * (MAX_TOKENS - 2)
-    for call in (tiny_model.encode, tiny_model.predict, tiny_model.predict_proba):
-        for repeat in range(2):  # per call: the second call warns again, once
-            with captured_warnings(module) as records:
-                call(texts)
-            assert len(truncation_warnings(records)) == 1, [r.getMessage() for r in records]
+    counts = []
+    for call in (model.encode, model.predict, model.predict_proba, model.encode):
+        with captured_warnings(module) as records:
+            call(texts)
+        counts.append(len(truncation_warnings(records)))
+    assert counts == [1, 0, 0, 0]
+    with captured_warnings(module) as records:  # another limit: once more
+        model.encode(texts, max_length=16)
+        model.encode(texts, max_length=16)
+    assert len(truncation_warnings(records)) == 1
     with captured_warnings(module) as records:
-        tiny_model.predict(["short", "also short"])
+        model.predict(["short", "also short"])
     assert truncation_warnings(records) == []
     # The texts were cut at the model's limit: a long text gives the embedding of its first 254 words.
     embeddings = tiny_model.encode([LONG, cut, LONG + "tail"])
     assert np.abs(embeddings[0] - embeddings[1]).max() <= ATOL and np.abs(embeddings[2] - embeddings[1]).max() <= ATOL
     assert np.abs(tiny_model.encode(LONG, max_length=16) - tiny_model.encode("word " * 14)).max() <= ATOL
 
-    # The pipeline truncates as well, also with one warning for the whole call.
-    with captured_warnings(type(tiny_pipeline.model).__module__) as records:
-        piped = tiny_pipeline(texts)
+    # The pipeline truncates as well, with the same warning once for its model.
+    tiny_pipeline.model.__dict__.pop("_truncation_warned", None)
+    for expected in (1, 0):
+        with captured_warnings(type(tiny_pipeline.model).__module__) as records:
+            piped = tiny_pipeline(texts)
+        assert len(truncation_warnings(records)) == expected, [r.getMessage() for r in records]
     check_predictions(piped, len(texts))
     assert same_prediction(piped[0], tiny_model.predict(cut))
-    assert len(truncation_warnings(records)) == 1, [r.getMessage() for r in records]
 
 
 def test_any_unicode_text_works(tiny_model, tiny_pipeline):

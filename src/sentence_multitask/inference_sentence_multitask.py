@@ -211,22 +211,18 @@ def max_tokens(max_length: int | None, default: int, *limits: int | None) -> int
     return int(max_length) if cap is None else min(int(max_length), cap)
 
 
-def token_ids(encode: Callable[[list[str], int], list[list[int]]], texts: list[str], max_length: int) -> list[list[int]]:
+def token_ids(encode: Callable[[list[str], int], list[list[int]]], texts: list[str],
+              max_length: int) -> tuple[list[list[int]], int]:
     """
-    Token ids of every text, truncated to `max_length` tokens (see `max_tokens`), with one warning for the whole call.
+    Token ids of every text, truncated to `max_length` tokens (see `max_tokens`), and how many texts were cut.
     `encode(texts, limit)` tokenises with special tokens, truncating to `limit` tokens.
     """
     # One token more than allowed tells which texts were cut, without a second full pass.
     ids = encode(texts, max_length + 1)
     cut = [i for i, row in enumerate(ids) if len(row) > max_length]
-    if cut:
-        for i, row in zip(cut, encode([texts[i] for i in cut], max_length)):
-            ids[i] = row
-        logger.warning(
-            f"{len(cut)} of {len(texts)} texts are longer than {max_length} tokens and were truncated "
-            "(set max_length to change the limit)."
-        )
-    return ids
+    for i, row in zip(cut, encode([texts[i] for i in cut], max_length) if cut else []):
+        ids[i] = row
+    return ids, len(cut)
 
 
 def length_sorted_batches(
@@ -299,7 +295,7 @@ class SentenceInferenceMixin:
     """
 
     def _tokenize(self, texts: list[str], max_length: int | None) -> list[list[int]]:
-        """Token ids of every text, truncated to `max_length` tokens with one warning for the whole call."""
+        """Token ids of every text, truncated to `max_length` tokens (see `_report_truncation`)."""
         tokenizer = self.tokenizer
 
         def encode(batch: list[str], limit: int) -> list[list[int]]:
@@ -309,7 +305,20 @@ class SentenceInferenceMixin:
         limit = self._max_tokens(max_length, tokenizer)
         # A fast tokenizer is not safe to call from several threads at once ("Already borrowed").
         with self._tokenizer_lock:
-            return token_ids(encode, texts, limit)
+            ids, cut = token_ids(encode, texts, limit)
+        self._report_truncation(cut, len(texts), limit)
+        return ids
+
+    def _report_truncation(self, cut: int, total: int, limit: int) -> None:
+        """A warning the first time texts are cut at `limit` tokens by this model, as transformers warns once; later
+        calls log at INFO level (a loop over batches would otherwise repeat it at every call)."""
+        if not cut:
+            return
+        warned = self.__dict__.setdefault("_truncation_warned", set())
+        level = logging.INFO if limit in warned else logging.WARNING
+        warned.add(limit)
+        logger.log(level, f"{cut} of {total} texts are longer than {limit} tokens and were truncated (set max_length "
+                          "to change the limit; this warning is shown once per model and limit).")
 
     def _max_tokens(self, max_length: int | None, tokenizer) -> int:
         """`max_length` checked, None the config's, capped at what the encoder and the tokenizer take."""

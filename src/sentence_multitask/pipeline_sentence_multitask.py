@@ -41,15 +41,11 @@ class SentenceMultiTaskPipeline(Pipeline):
             return []
         self._truncated = 0
         result = super().__call__(inputs if isinstance(inputs, str) else texts, *args, **kwargs)
-        if self._truncated:
-            logger.warning(
-                f"{self._truncated} of {len(texts)} texts are longer than the limit and were truncated "
-                "(pass max_length to change it)."
-            )
+        self.model._report_truncation(self._truncated, len(texts), getattr(self, "_limit", None))
         return result
 
     def preprocess(self, text, max_length=None):
-        max_length = self.model._max_tokens(max_length, self.tokenizer)
+        max_length = self._limit = self.model._max_tokens(max_length, self.tokenizer)
         encoded = self.tokenizer(text, truncation=True, max_length=max_length + 1, return_tensors="pt")
         if encoded["input_ids"].shape[-1] > max_length:
             self._truncated = getattr(self, "_truncated", 0) + 1
