@@ -46,7 +46,8 @@ def test_the_predictor_adds_the_prediction_columns(saved):
     np.testing.assert_allclose(columns["sentiment_score"], [row["sentiment"]["score"] for row in expected], atol=1e-5)
     embedder = SentenceMultiTaskPredictor(path, embed=True, normalize=False, device="cpu")
     embeddings = embedder(batch)["embedding"]
-    assert embeddings.shape == (len(TEXTS), 32) and np.abs(embeddings - model.encode(TEXTS, normalize=False)).max() < 1e-6
+    assert embeddings.shape == (len(TEXTS), 32)
+    assert np.abs(embeddings - model.encode(TEXTS, normalize=False)).max() < 1e-6
     with pytest.raises(ValueError, match="no column 'body'"):
         SentenceMultiTaskPredictor(path, text_column="body", device="cpu")(batch)
 
@@ -56,7 +57,8 @@ def test_engine_ray_equals_in_process_predict_in_input_order(saved, local_ray, t
     source = tmp_path / "texts.parquet"
     pq.write_table(pa.table({"id": list(range(len(TEXTS))), "text": TEXTS}), source)
     status, _, err = run_cli(["predict", "--model", path, "--input", str(source), "--output", str(tmp_path / "out"),
-                              "--engine", "ray", "--keep_columns", "id", "--chunk_size", "7", "--device", "cpu"], capsys)
+                              "--engine", "ray", "--keep_columns", "id", "--chunk_size", "7", "--device", "cpu"],
+                             capsys)
     assert status == 0, err[-3000:]
     table = pq.read_table(tmp_path / "out")
     assert table.column("id").to_pylist() == list(range(len(TEXTS)))  # input order, no sort needed

@@ -132,7 +132,7 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_stays_healthy(server):
 
 def test_the_endpoint_handler_runs_from_the_model_folder(tiny_model, tmp_path, capsys):
     tiny_model.save_pretrained(tmp_path)
-    status, out, err = run_cli(["export-handler", "--model", str(tmp_path)], capsys)
+    status, _, err = run_cli(["export-handler", "--model", str(tmp_path)], capsys)
     assert status == 0 and (tmp_path / "handler.py").is_file(), err
     spec = importlib.util.spec_from_file_location("endpoint_handler", tmp_path / "handler.py")
     module = importlib.util.module_from_spec(spec)
@@ -146,13 +146,14 @@ def test_the_endpoint_handler_runs_from_the_model_folder(tiny_model, tmp_path, c
     with pytest.raises(ValueError, match="unknown parameter"):
         handler({"inputs": "a", "parameters": {"top_k": 1}})
     (tmp_path / "handler.py").write_text("# my own handler\n")
-    status, out, err = run_cli(["export-handler", "--model", str(tmp_path)], capsys)
+    status, _, err = run_cli(["export-handler", "--model", str(tmp_path)], capsys)
     assert status == 1 and "exists and is another handler" in err
 
 
 def test_serve_command_passes_its_options(monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr("sentence_multitask.serving.serve", lambda model, **options: seen.update(model=model, **options))
+    monkeypatch.setattr("sentence_multitask.serving.serve",
+                        lambda model, **options: seen.update(model=model, **options))
     status, _, err = run_cli(["serve", "--model", "some/model", "--port", "9001", "--max_batch_texts", "4"], capsys)
     assert status == 0, err
     assert seen["model"] == "some/model" and seen["port"] == 9001 and seen["max_batch_texts"] == 4

@@ -77,7 +77,7 @@ def ok(result):
 
 
 def error(result, text):
-    status, out, err = result
+    status, _, err = result
     assert status != 0 and text in err and "Traceback" not in err, err[-3000:]
 
 
@@ -122,14 +122,16 @@ def test_output_formats_all_scores_and_embeddings(saved, tiny_model, expected, t
     check_predictions(pyarrow.csv.read_csv(tmp_path / "p.csv"), expected)
     # embed into a folder of parts: a fixed-size float list per row, equal to encode
     ok(run_cli(["embed", *base, "--output", str(tmp_path / "emb"), "--keep_columns", "id"], capsys))
-    assert sorted(os.listdir(tmp_path / "emb")) == ["_SUCCESS", "_run.json"] + [f"part-0000{i}.parquet" for i in range(4)]
+    parts = [f"part-0000{i}.parquet" for i in range(4)]
+    assert sorted(os.listdir(tmp_path / "emb")) == ["_SUCCESS", "_run.json", *parts]
     table = pq.read_table(tmp_path / "emb")
     assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
     embeddings = np.array(table.column("embedding").to_pylist())
     assert np.abs(embeddings - tiny_model.encode(TEXTS)).max() < 1e-6
     # the embeddings as a CSV: JSON lists in a column
     ok(run_cli(["embed", *base, "--output", str(tmp_path / "emb.csv"), "--no_normalize"], capsys))
-    written = np.array([json.loads(v) for v in pyarrow.csv.read_csv(tmp_path / "emb.csv").column("embedding").to_pylist()])
+    column = pyarrow.csv.read_csv(tmp_path / "emb.csv").column("embedding")
+    written = np.array([json.loads(value) for value in column.to_pylist()])
     assert np.abs(written - tiny_model.encode(TEXTS, normalize=False)).max() < 1e-6
 
 
@@ -152,7 +154,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_output(saved, tmp_path,
     error(run_cli([*args, "--output", str(out)], capsys), "simulated crash")
     parts = tmp_path / ".out.parquet.parts"
     assert not out.exists() and sorted(os.listdir(parts)) == ["_run.json", "part-00000.parquet", "part-00001.parquet"]
-    error(run_cli([*args, "--output", str(out)], capsys), f"{parts} holds the parts of an interrupted run: pass --resume")
+    error(run_cli([*args, "--output", str(out)], capsys),
+          f"{parts} holds the parts of an interrupted run: pass --resume")
     error(run_cli([*args, "--output", str(out), "--resume", "--all_scores"], capsys),
           "--resume: " + str(out) + " was written with other options (all_scores: False then, True now)")
     ok(run_cli([*args, "--output", str(out), "--resume"], capsys))

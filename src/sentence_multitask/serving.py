@@ -99,7 +99,7 @@ class Batcher:
         texts = [text for pending in members for text in pending.texts]
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, kind, options, texts)
-        except Exception as error:  # noqa: BLE001 - answered to each request of the batch
+        except Exception as error:  # answered to each request of the batch
             logger.exception("forward pass failed")
             for pending in members:
                 if not pending.future.done():
@@ -179,7 +179,8 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
 
     app = FastAPI(title="sentence-multitask", lifespan=lifespan)
     app.add_exception_handler(RequestValidationError, lambda request, error: _validation_error(list(error.errors())))
-    app.add_exception_handler(StarletteHTTPException, lambda request, error: _error(error.status_code, str(error.detail)))
+    app.add_exception_handler(StarletteHTTPException,
+                              lambda request, error: _error(error.status_code, str(error.detail)))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:

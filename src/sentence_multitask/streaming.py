@@ -335,7 +335,7 @@ class PartedOutput:
             _write_atomically(os.path.join(self.parts, RUN_FILE),
                               lambda target: _write_text(target, json.dumps(dict(settings), indent=2)))
         for name in os.listdir(self.parts):  # a part whose writing was cut off
-            if name.startswith(".part-"):
+            if name.startswith(".part-") and name.endswith(".tmp"):
                 os.remove(os.path.join(self.parts, name))
         count = 0
         while os.path.isfile(self.part_path(count)):
@@ -364,7 +364,7 @@ class PartedOutput:
 def _write_atomically(path: str, write) -> None:
     """`write(temporary)` next to `path`, then rename it to `path`: `path` is complete or absent."""
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.tmp" if not name.startswith("part-") else f".{name}")
+    temporary = os.path.join(folder, f".{name}.tmp")
     write(temporary)
     os.replace(temporary, path)
 
@@ -381,8 +381,7 @@ def _write_table(table, output_format: str, path: str) -> None:
         pq.write_table(table, path)
     elif output_format == "jsonl":
         with open(path, "w", encoding="utf-8") as handle:
-            for row in table.to_pylist():
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            handle.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in table.to_pylist())
     else:
         import pyarrow as pa
         import pyarrow.csv
