@@ -1,6 +1,6 @@
 """On a CUDA device: fine-tuning there (bf16 mixed precision), the pipeline there, exporting ONNX from there, and
 fp32 / bf16 / fp16 `encode` and `predict` there against fp32 on CPU, on every validation text of the shared data, within
-issue 5's bounds. CI has no GPU, so these skip there; on a GPU machine run `pytest tests/test_cuda.py`."""
+the documented bounds (docs/performance.md). CI has no GPU, so these skip there; on a GPU machine run `pytest tests/test_cuda.py`."""
 
 import copy
 import json

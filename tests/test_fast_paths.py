@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 # labels kept and at most 0.5 points of accuracy lost: on 600 texts 6 and 3 texts (1 text: 0.17 points).
 SAMPLE_PER_TASK = 600
 # Which texts int8 flips is noise of a few texts, which on 600 texts is a point of accuracy: the accuracy bounds
-# (issue 5's 0.5 points, set on all 3,440 texts) get this much slack. Measured on this sample: topic lost 1.3 points
+# (0.5 points, set on all 3,440 texts) get this much slack. Measured on this sample: topic lost 1.3 points
 # with smoothing, 0.8 with the recheck; sentiment none.
 FLIP_NOISE = 6 / SAMPLE_PER_TASK
 RECHECK_MARGIN = 0.02
@@ -208,7 +208,7 @@ def test_onnx_fp32_matches_pytorch(trained, exported, reference, onnx_outputs, s
 
 def test_onnx_int8_within_bounds(trained, reference, onnx_outputs, sample):
     """Smoothed with calibration texts, int8 keeps more of fp32's labels than without; with the recheck (next test)
-    it meets issue 5's targets."""
+    it meets the documented bounds."""
     rows = sample[0]
     cosine, same, accuracy = compare(reference, onnx_outputs["int8"], rows, trained.config.tasks)
     plain_cosine, plain_same, plain_accuracy = compare(reference, onnx_outputs["plain"], rows, trained.config.tasks)
@@ -228,7 +228,7 @@ def test_onnx_int8_within_bounds(trained, reference, onnx_outputs, sample):
 
 def test_onnx_int8_rechecks_near_ties_in_fp32(exported, onnx_outputs, sample):
     """With `recheck_margin`, the int8 model runs again in fp32 exactly the texts whose two best labels (on some task)
-    lie within the margin; at 0.02 on the smoothed graph that meets issue 5's label targets: >= 99 % kept, accuracy
+    lie within the margin; at 0.02 on the smoothed graph that meets the documented label bounds: >= 99 % kept, accuracy
     drop <= 0.5 points (plus FLIP_NOISE on this sample)."""
     from sentence_multitask.onnx import OnnxSentenceMultiTask
 
