@@ -20,7 +20,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     monkeypatch.syspath_prepend(str(run.HERE))  # for its sibling report.py
     run.main(["--smoke", "--encoder", tiny_encoder, "--in_process", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
-    expected = {"tfidf_logreg", "frozen_minilm_logreg", "multitask", "single_topic", "single_sentiment"}
+    expected = {"tfidf_logreg", "frozen_minilm_logreg", "multitask", "single_topic", "single_sentiment",
+                "multitask_distilled"}
     expected |= {f"limited_{method}_{fraction}" for method in ("single", "joint", "sequential")
                  for fraction in ("0.01", "0.05", "0.2", "1.0")}
     assert expected <= set(results["runs"])
