@@ -497,6 +497,17 @@ def test_exporting_into_the_models_own_folder_keeps_its_card(tiny_exported):
     assert (path / "README.md").read_text() == card and "value: 0.8123" in card
 
 
+def test_export_to_a_file_is_refused_by_name(tiny_exported, tmp_path):
+    from sentence_multitask import SentenceMultiTaskModel
+    from sentence_multitask.onnx import export_onnx
+
+    target = tmp_path / "README.md"
+    target.write_text("my notes", encoding="utf-8")
+    with pytest.raises(NotADirectoryError, match=r"README\.md is a file: the export writes a model folder"):
+        export_onnx(SentenceMultiTaskModel.from_pretrained(tiny_exported[0]), target)
+    assert target.read_text(encoding="utf-8") == "my notes"
+
+
 def test_export_never_overwrites_another_saved_model(tiny_exported, tiny_encoder, tmp_path):
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.onnx import export_onnx

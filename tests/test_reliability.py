@@ -473,6 +473,10 @@ BROKEN_DIRS = {
     "no config.json": (lambda p: (p / "config.json").unlink(), r"config\.json"),
     "config.json not JSON": (lambda p: (p / "config.json").write_text("{not json"), r"config\.json.* not (a )?valid JSON"),
 }
+# Damaged tokenizer files are found when the tokenizer loads (on first use): named, not a parser's bare position.
+BROKEN_TOKENIZERS = {name: (lambda p, name=name: (p / name).write_text((p / name).read_text()[:28]),
+                            rf"{name.replace('.', '[.]')} is not valid JSON .*damaged")
+                     for name in ("tokenizer.json", "tokenizer_config.json")}
 
 
 def test_a_hub_id_offline_names_offline_mode_not_a_broken_save(monkeypatch):
@@ -481,6 +485,18 @@ def test_a_hub_id_offline_names_offline_mode_not_a_broken_save(monkeypatch):
                                       r"offline mode is on") as error:
         SentenceMultiTaskModel.from_pretrained("nobody/no-such-model")
     assert "save_pretrained wrote" in str(error.value) and "save it again" not in str(error.value)
+
+
+@pytest.mark.parametrize("case", list(BROKEN_TOKENIZERS))
+def test_a_damaged_tokenizer_file_is_named(case, tiny_saved, tmp_path):
+    import shutil
+
+    break_it, message = BROKEN_TOKENIZERS[case]
+    path = tmp_path / "model"
+    shutil.copytree(tiny_saved, path)
+    break_it(path)
+    with pytest.raises(OSError, match=message):
+        SentenceMultiTaskModel.from_pretrained(str(path)).predict("a text")
 
 
 @pytest.mark.parametrize("case", list(BROKEN_DIRS))

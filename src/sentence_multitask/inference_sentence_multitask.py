@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import numbers
 import os
@@ -266,8 +267,24 @@ def length_sorted_batches(
 
 
 
+def check_json_file(path: str | os.PathLike) -> None:
+    """A file of a saved model that should hold JSON and does not is named as such (transformers' own error gives only
+    the parser's position); a missing file is left to the loader."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise OSError(f"{path} is not valid JSON ({error}); it is damaged: restore the {os.path.basename(path)} saved "
+                      "with the model, or save the model again.") from None
+
+
 def load_tokenizer(source: str | os.PathLike, encoder_config):
     """The tokenizer saved at `source` (a folder or Hub id); an error where there is none."""
+    if os.path.isdir(source):
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            check_json_file(os.path.join(source, name))
     # The encoder config names the tokenizer family; without it, AutoTokenizer would read config.json and ask again
     # whether to trust this remote code.
     tokenizer = AutoTokenizer.from_pretrained(source, config=encoder_config)
@@ -448,8 +465,8 @@ __all__ = [
     "SentenceInferenceMixin",
     "TaskHead",
     "check_texts",
-    "length_sorted_batches",
     "labelled",
+    "length_sorted_batches",
     "load_tokenizer",
     "max_tokens",
     "not_a_model_folder",

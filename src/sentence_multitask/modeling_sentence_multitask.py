@@ -8,7 +8,6 @@ pipeline and the model card).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     TaskHead,
     attention_kernels,
+    check_json_file,
     labelled,
     length_sorted_batches,
     load_tokenizer,
@@ -157,7 +157,7 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
                                     "config.json saved with these weights into it.")
         local = os.path.isdir(source)
         if local:
-            _check_json(os.path.join(source, kwargs.get("subfolder", ""), "config.json"))
+            check_json_file(os.path.join(source, kwargs.get("subfolder", ""), "config.json"))
         # Mismatched shapes load as a report (checked below), never as a half-initialised model.
         kwargs.setdefault("ignore_mismatched_sizes", True)
         try:
@@ -440,17 +440,6 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
                                        commit_message=commit_message or "Upload sentence-multitask model",
                                        commit_description=commit_description)
         return commit
-
-
-def _check_json(path: str) -> None:
-    """A local config.json that is not JSON is named as such (transformers' own error says less)."""
-    if not os.path.isfile(path):
-        return
-    try:
-        with open(path, encoding="utf-8") as handle:
-            json.load(handle)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise OSError(f"{path} is not valid JSON ({error}); restore the config.json saved with the model.") from None
 
 
 def _saved_card(source: str | os.PathLike, kwargs: Mapping[str, Any]) -> str | None:
