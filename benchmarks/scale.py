@@ -12,8 +12,8 @@ Measures, each written to benchmarks/results/scale.json and scale.md with the ma
    one process, with the real all-MiniLM-L6-v2 model and the reference heads (texts of ../shared/data when there).
 3. resume: a streaming run SIGKILLed at a random point after its first part, resumed with --resume, compared row
    for row with an uninterrupted run (tiny model).
-4. ray: `--engine ray` on a local Ray of 2 CPUs (one actor of 2 threads: Ray Data needs a CPU slot to read and
-   write) against in-process predict (real model).
+4. ray: `--engine ray` on a local Ray of 2 CPUs (one actor: Ray Data needs a CPU slot to read and write) against
+   in-process predict (real model).
 5. server: `sentence-multitask serve` (tiny model) under 32 concurrent clients sending 2,000 requests of 1-16
    texts: failed requests, p50 / p99 latency, texts/s against in-process predict; then bad requests, each to be
    answered 4xx with a JSON body, the server healthy after each.
@@ -66,6 +66,9 @@ def write_parquet(path: Path, texts: list[str]) -> None:
     pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), path, row_group_size=10_000)
 
 
+THREADS = ["--threads", "1"]  # set in main from --threads: every process and the in-process runs use as many
+
+
 def cli() -> list[str]:
     script = Path(sys.executable).with_name("sentence-multitask")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "sentence_multitask.cli"]
@@ -112,7 +115,7 @@ def measure_memory(tiny: str, folder: Path, rows: int) -> dict:
         write_parquet(source, generated_texts(count, seed=count))
         seconds, rss = peak_rss_run([*cli(), "predict", "--model", tiny, "--input", str(source), "--output",
                                      str(folder / f"memory-{count}-out.parquet"), "--keep_columns", "id",
-                                     "--device", "cpu"])
+                                     "--device", "cpu", *THREADS])
         results[str(count)] = {"rows": count, "seconds": round(seconds, 1), "peak_rss_mib": round(rss),
                                "rows_per_s": round(count / seconds)}
         print(f"memory: {count} rows in {seconds:.0f} s, peak RSS {rss:.0f} MiB", flush=True)
@@ -150,7 +153,7 @@ def measure_resume(tiny: str, folder: Path, count: int, seed: int) -> dict:
     source = folder / "resume.parquet"
     write_parquet(source, generated_texts(count, seed=1))
     base = [*cli(), "predict", "--model", tiny, "--input", str(source), "--keep_columns", "id", "--chunk_size", "2000",
-            "--all_scores", "--device", "cpu"]
+            "--all_scores", "--device", "cpu", *THREADS]
     subprocess.run([*base, "--output", str(folder / "reference.parquet")], check=True, env=env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     output, parts = folder / "resumed.parquet", folder / ".resumed.parquet.parts"
@@ -192,7 +195,7 @@ def measure_ray(real: str, folder: Path, count: int) -> dict:
                "from sentence_multitask.cli import main; import time; t = time.perf_counter(); "
                "main(sys.argv[1:]); print('SECONDS', time.perf_counter() - t)",
                "predict", "--model", real, "--input", str(source), "--output", str(folder / "ray-out"), "--engine",
-               "ray", "--actors", "1", "--threads", "2", "--keep_columns", "id", "--chunk_size", "500",
+               "ray", "--actors", "1", *THREADS, "--keep_columns", "id", "--chunk_size", "500",
                "--device", "cpu"]
     start = time.perf_counter()
     completed = subprocess.run(command, env=env(), capture_output=True, text=True, check=False)
@@ -234,8 +237,8 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([*cli(), "serve", "--model", tiny, "--port", str(port), "--device", "cpu"], env=env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([*cli(), "serve", "--model", tiny, "--port", str(port), "--device", "cpu", *THREADS],
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -296,14 +299,14 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
 def write_markdown(report: dict, path: Path) -> None:
     m, r = report["machine"], report["results"]
     memory, speed, resume, ray, server = (r.get(k) for k in ("memory", "speed", "resume", "ray", "server"))
-    lines = ["# Predict and embed at scale", "", "Written by `benchmarks/scale.py`; the command and models are "
-             "in its docstring. Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads.",
-             ""]
+    lines = ["# Predict and embed at scale", "", f"Written by `{report['command']}` (the measures are described in "
+             "its docstring). Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads. "
+             f"Every run uses {report['threads']} torch thread(s).", ""]
     if memory:
         lines += ["## Streaming memory (tiny model, `predict --input X.parquet --output Y.parquet`, fresh process)",
                   "", "| rows | seconds | rows/s | peak RSS (MiB) |", "|---:|---:|---:|---:|"]
         lines += [f"| {v['rows']:,} | {v['seconds']} | {v['rows_per_s']:,} | {v['peak_rss_mib']} |"
-                  for v in memory.values()] + [""]
+                  for v in memory.values() if isinstance(v, dict)] + [""]
     if speed:
         lines += [f"## Streaming vs in-memory predict (real model, {speed['texts']:,} texts, best of 2)", "",
                   "| path | texts/s | seconds |", "|---|---:|---|"]
@@ -315,8 +318,7 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"output identical to an uninterrupted run: **{resume['identical']}** "
                   f"({resume['rows_resumed']:,} rows, ids in order: {resume['ids_in_order']}).", ""]
     if ray:
-        lines += [f"## Ray Data on a local Ray of 2 CPUs, one actor of 2 threads (real model, {ray['texts']:,} "
-                  "texts)", "",
+        lines += [f"## Ray Data on a local Ray of 2 CPUs, one actor (real model, {ray['texts']:,} texts)", "",
                   f"- in-process predict: {ray['in_process_texts_per_s']} texts/s",
                   f"- `--engine ray`: {ray['ray_texts_per_s']} texts/s (including actor start and model loads; "
                   f"{ray['process_seconds_with_ray_start']} s with Ray's own start)",
@@ -330,8 +332,10 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"{server['in_process_texts_per_s']} texts/s",
                   f"- {len(server['bad_requests'])} bad requests, each answered with the expected 4xx and a JSON "
                   f"body, server healthy after each: {server['bad_requests_all_4xx_json_healthy']}", ""]
-    lines += [f"- Date: {report['date']}", f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, shared; load average "
-              f"(1 min) {m['load_average_before']} before, {m['load_average_after']} after", ""]
+    lines += [f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, shared with other work. Date and load average "
+              "(1 min, before and after) of each measure:"]
+    lines += [f"  - {name}: {value.get('date', report['date'])}, load {value.get('load_average', '?')}"
+              for name, value in r.items()] + [""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -343,10 +347,17 @@ def main() -> None:
     parser.add_argument("--ray_texts", type=int, default=2_000)
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every run (default 1: on a shared machine, OpenMP threads that wait "
+                             "for a core another process holds slow small models down many times).")
     parser.add_argument("--only", nargs="*", choices=("memory", "speed", "resume", "ray", "server"))
     parser.add_argument("--output", default=str(HERE / "results"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    THREADS[1] = str(args.threads)
     only = set(args.only or ("memory", "speed", "resume", "ray", "server"))
     results, load_before = {}, round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as scratch:
@@ -362,11 +373,17 @@ def main() -> None:
             results["ray"] = measure_ray(real, folder, args.ray_texts)
         if "server" in only:
             results["server"] = measure_server(tiny, args.requests, args.clients)
-    report = {"results": results, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                          "load_average_before": load_before, "load_average_after": round(os.getloadavg()[0], 2)}}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_before": load_before,
+               "load_average_after": round(os.getloadavg()[0], 2)}
+    for result in results.values():
+        result["date"], result["load_average"] = date, [machine["load_average_before"], machine["load_average_after"]]
+    if args.only and (output / "scale.json").is_file():  # --only: the other measures stay as they were
+        results = {**json.loads((output / "scale.json").read_text(encoding="utf-8"))["results"], **results}
+    report = {"results": results, "date": date, "machine": machine, "threads": args.threads,
+              "command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]])}
     (output / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(report, output / "scale.md")
     print(f"written to {output}/scale.json and scale.md")

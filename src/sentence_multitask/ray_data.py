@@ -24,7 +24,7 @@ class SentenceMultiTaskPredictor:
     text) when `embed`. Only `keep_columns` of the input stay beside them.
 
     Args:
-        model: a saved model folder or Hub id, loaded once per actor (see `cli.load_model` for `backend`, `device`,
+        model: a saved model folder or Hub id, loaded once per actor (see `loading.load_model` for `backend`, `device`,
             `precision` and `threads`).
     """
 
@@ -33,7 +33,7 @@ class SentenceMultiTaskPredictor:
                  normalize: bool = True, max_length: int | None = None, backend: str = "torch",
                  device: str | None = None, precision: str | None = "fp32", threads: int | None = None,
                  recheck_margin: float | None = None):
-        from .cli import load_model
+        from .loading import load_model
 
         self.model = load_model(model, backend=backend, device=device, precision=precision, threads=threads,
                                 recheck_margin=recheck_margin)

@@ -147,7 +147,7 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
                max_wait_ms: float = 5.0, **load_options: Any) -> FastAPI:
     """
     The FastAPI app serving `model`: a loaded model, or a saved folder / Hub id loaded once when the app starts
-    (with `load_options` of `cli.load_model`: backend, device, precision, threads).
+    (with `load_options` of `loading.load_model`: backend, device, precision, threads).
     """
     from .inference_sentence_multitask import check_texts
 
@@ -166,7 +166,7 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if isinstance(model, (str, os.PathLike)):
-            from .cli import load_model
+            from .loading import load_model
 
             state["model"] = await asyncio.to_thread(load_model, model, **load_options)
         else:
