@@ -2,7 +2,7 @@
 
 `SentenceMultiTaskPredictor` is a callable class for `ray.data.Dataset.map_batches(..., compute=ActorPoolStrategy(
 size=N))`: each actor loads the model once and adds the columns of `streaming.output_columns` to each batch.
-`run_with_ray` is `predict` / `embed --engine ray`: it reads, maps and writes through Ray Data, in input order.
+`run_with_ray` is `predict` / `embed --engine ray`: it reads, maps and writes through Ray Data.
 This module is imported only when asked for; the rest of the package never imports ray.
 """
 
@@ -88,7 +88,7 @@ def run_with_ray(model: str, source: str, output: str, *, address: str | None = 
     """
     Read `source`, run `SentenceMultiTaskPredictor` on `actors` actors (one GPU each with a cuda `device`) in batches
     of `chunk_rows` rows, and write the folder `output` (Parquet, JSON Lines or CSV files by `output_format` or the
-    name's suffix), rows in input order. Joins the cluster at `address` (default: RAY_ADDRESS, else a local one).
+    name's suffix). Ray Data's preserve_order is set, but Ray may still reorder rows: keep an id column to sort by. Joins the cluster at `address` (default: RAY_ADDRESS, else a local one).
     """
     import ray
 
