@@ -278,13 +278,11 @@ def parse_args(argv: Sequence[str] | None = None):
                              "e.g. {\"train_files\": [\"data.jsonl\"]}.") from None
         except ValueError as error:  # keys that are no option
             raise ValueError(f"options file {argv[0]}: {error}. See `sentence-multitask train --help`.") from None
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:
-        if "not used by the HfArgumentParser" not in str(error):
-            raise
-        raise ValueError(f"{error}: unknown options or stray values. See `sentence-multitask train --help` (options "
-                         "take the form --name value).") from None
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}: unknown options "
+                         "or stray values. See `sentence-multitask train --help` (options take the form --name value).")
+    return tuple(parsed)
 
 
 def parse_key_values(items: Sequence[str] | None, option: str) -> dict[str, str]:
