@@ -57,6 +57,22 @@ def tiny_encoder(tmp_path_factory, minilm_path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny_reference_model(tiny_encoder):
+    """The tiny encoder with the reference tasks' heads, their weights drawn large enough that labels are clear (no
+    near-ties), in eval mode; one per test module."""
+    import torch
+
+    from sentence_multitask import SentenceMultiTaskModel
+
+    torch.manual_seed(0)
+    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
+    with torch.no_grad():
+        for parameter in model.heads.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    return model
+
+
 def run_python(code: str, *, block_package: bool = True, cwd: str | os.PathLike | None = None, timeout: int = 300):
     """Run `code` in a fresh interpreter that cannot import sentence_multitask (when blocked) and has no network."""
     import subprocess

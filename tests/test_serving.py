@@ -22,27 +22,13 @@ MAX_TEXTS, MAX_CHARS = 8, 200
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_encoder):
-    import torch
-
-    from sentence_multitask import SentenceMultiTaskModel
-
-    torch.manual_seed(0)
-    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
-    with torch.no_grad():  # clear labels, not near-ties
-        for parameter in model.heads.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
-    return model
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
+def server(tiny_reference_model):
     from sentence_multitask.serving import create_app
 
     with socket.socket() as probe:  # a free port on the loopback interface
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(tiny_model, max_batch_texts=MAX_TEXTS, max_text_chars=MAX_CHARS, batch_size=64, max_wait_ms=20)
+    app = create_app(tiny_reference_model, max_batch_texts=MAX_TEXTS, max_text_chars=MAX_CHARS, batch_size=64, max_wait_ms=20)
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -62,12 +48,12 @@ def same_predictions(answer, expected):
         assert answer[task]["score"] == pytest.approx(expected[task]["score"], abs=1e-5)
 
 
-def test_every_endpoint(server, tiny_model):
+def test_every_endpoint(server, tiny_reference_model):
     assert server.get("/health").json() == {"status": "ok"}
     info = server.get("/info").json()
     assert info["tasks"] == REFERENCE_TASKS and info["limits"] == {"max_batch_texts": MAX_TEXTS,
                                                                    "max_text_chars": MAX_CHARS}
-    expected = tiny_model.predict(SENTENCES, return_all_scores=True)
+    expected = tiny_reference_model.predict(SENTENCES, return_all_scores=True)
     one = server.post("/predict", json={"inputs": SENTENCES[0]}).json()
     same_predictions(one, expected[0])
     assert "scores" not in one["topic"]
@@ -77,16 +63,16 @@ def test_every_endpoint(server, tiny_model):
         assert answer["topic"]["scores"] == pytest.approx(reference["topic"]["scores"], abs=1e-5)
     assert server.post("/predict", json={"inputs": []}).json() == []
     vector = server.post("/embed", json={"inputs": SENTENCES[0]}).json()
-    assert np.abs(np.array(vector) - tiny_model.encode(SENTENCES[0])).max() < 1e-6
+    assert np.abs(np.array(vector) - tiny_reference_model.encode(SENTENCES[0])).max() < 1e-6
     raw = server.post("/embed", json={"inputs": SENTENCES, "parameters": {"normalize": False, "max_length": 8}}).json()
-    assert np.abs(np.array(raw) - tiny_model.encode(SENTENCES, normalize=False, max_length=8)).max() < 1e-6
+    assert np.abs(np.array(raw) - tiny_reference_model.encode(SENTENCES, normalize=False, max_length=8)).max() < 1e-6
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_rows(server, tiny_model, monkeypatch):
+def test_concurrent_requests_are_batched_and_each_gets_its_rows(server, tiny_reference_model, monkeypatch):
     texts = [f"request {i}: " + "word " * (i % 7) for i in range(48)]
-    expected = tiny_model.predict(texts)
-    calls, predict = [], tiny_model.predict
-    monkeypatch.setattr(tiny_model, "predict", lambda batch, **options: calls.append(len(batch)) or
+    expected = tiny_reference_model.predict(texts)
+    calls, predict = [], tiny_reference_model.predict
+    monkeypatch.setattr(tiny_reference_model, "predict", lambda batch, **options: calls.append(len(batch)) or
                         predict(batch, **options))
     requests = [texts[start : start + 1 + start % 3] for start in range(0, 48, 3)]  # 16 requests of 1-3 texts
     with ThreadPoolExecutor(16) as pool:
@@ -130,19 +116,19 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_stays_healthy(server):
     assert server.post("/predict", json={"inputs": "still serving"}).status_code == 200
 
 
-def test_the_endpoint_handler_runs_from_the_model_folder(tiny_model, tmp_path, capsys):
-    tiny_model.save_pretrained(tmp_path)
+def test_the_endpoint_handler_runs_from_the_model_folder(tiny_reference_model, tmp_path, capsys):
+    tiny_reference_model.save_pretrained(tmp_path)
     status, _, err = run_cli(["export-handler", "--model", str(tmp_path)], capsys)
     assert status == 0 and (tmp_path / "handler.py").is_file(), err
     spec = importlib.util.spec_from_file_location("endpoint_handler", tmp_path / "handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     handler = module.EndpointHandler(str(tmp_path))
-    for answer, expected in zip(handler({"inputs": SENTENCES}), tiny_model.predict(SENTENCES)):
+    for answer, expected in zip(handler({"inputs": SENTENCES}), tiny_reference_model.predict(SENTENCES)):
         same_predictions(answer, expected)
     assert len(handler({"inputs": SENTENCES[0], "parameters": {"return_all_scores": True}})) == 1
     embeddings = handler({"inputs": SENTENCES, "parameters": {"embed": True, "normalize": False}})
-    assert np.abs(np.array(embeddings) - tiny_model.encode(SENTENCES, normalize=False)).max() < 1e-6
+    assert np.abs(np.array(embeddings) - tiny_reference_model.encode(SENTENCES, normalize=False)).max() < 1e-6
     with pytest.raises(ValueError, match="unknown parameter"):
         handler({"inputs": "a", "parameters": {"top_k": 1}})
     (tmp_path / "handler.py").write_text("# my own handler\n")

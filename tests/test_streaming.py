@@ -17,29 +17,15 @@ TEXTS[3:6] = ["NA", "", "123"]  # a CSV reader would make nulls and numbers of t
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_encoder):
-    import torch
-
-    from sentence_multitask import SentenceMultiTaskModel
-
-    torch.manual_seed(0)
-    model = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=REFERENCE_TASKS).eval()
-    with torch.no_grad():  # clear labels, not near-ties
-        for parameter in model.heads.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
-    return model
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_model):
+def saved(tmp_path_factory, tiny_reference_model):
     path = tmp_path_factory.mktemp("streaming-model")
-    tiny_model.save_pretrained(path)
+    tiny_reference_model.save_pretrained(path)
     return str(path)
 
 
 @pytest.fixture(scope="module")
-def expected(tiny_model):
-    return tiny_model.predict(TEXTS, return_all_scores=True)
+def expected(tiny_reference_model):
+    return tiny_reference_model.predict(TEXTS, return_all_scores=True)
 
 
 def write_input(folder, kind: str) -> str:
@@ -108,7 +94,7 @@ def test_every_input_format_gives_the_in_memory_predictions(kind, saved, expecte
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # the parts folder is gone
 
 
-def test_output_formats_all_scores_and_embeddings(saved, tiny_model, expected, tmp_path, capsys):
+def test_output_formats_all_scores_and_embeddings(saved, tiny_reference_model, expected, tmp_path, capsys):
     source = write_input(tmp_path, "parquet")
     base = ["--model", saved, "--input", source, "--chunk_size", "7"]
     ok(run_cli(["predict", *base, "--output", str(tmp_path / "p.jsonl"), "--all_scores", "--keep_columns", "id,text"],
@@ -127,12 +113,12 @@ def test_output_formats_all_scores_and_embeddings(saved, tiny_model, expected, t
     table = pq.read_table(tmp_path / "emb")
     assert pa.types.is_fixed_size_list(table.schema.field("embedding").type)
     embeddings = np.array(table.column("embedding").to_pylist())
-    assert np.abs(embeddings - tiny_model.encode(TEXTS)).max() < 1e-6
+    assert np.abs(embeddings - tiny_reference_model.encode(TEXTS)).max() < 1e-6
     # the embeddings as a CSV: JSON lists in a column
     ok(run_cli(["embed", *base, "--output", str(tmp_path / "emb.csv"), "--no_normalize"], capsys))
     column = pyarrow.csv.read_csv(tmp_path / "emb.csv").column("embedding")
     written = np.array([json.loads(value) for value in column.to_pylist()])
-    assert np.abs(written - tiny_model.encode(TEXTS, normalize=False)).max() < 1e-6
+    assert np.abs(written - tiny_reference_model.encode(TEXTS, normalize=False)).max() < 1e-6
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_output(saved, tmp_path, capsys, monkeypatch):
@@ -188,25 +174,25 @@ def test_dataset_run_errors_name_the_fix(saved, tmp_path, capsys):
           f"{nulls}, row 2: 'text' is null, not a string")
 
 
-def test_predict_dataset_maps_datasets_and_iterable_datasets(tiny_model, expected):
+def test_predict_dataset_maps_datasets_and_iterable_datasets(tiny_reference_model, expected):
     import datasets
 
     from sentence_multitask.streaming import predict_dataset
 
     dataset = datasets.Dataset.from_dict({"id": list(range(len(TEXTS))), "text": TEXTS, "other": [1] * len(TEXTS)})
-    mapped = predict_dataset(tiny_model, dataset, chunk_size=8)
+    mapped = predict_dataset(tiny_reference_model, dataset, chunk_size=8)
     assert mapped.column_names[:3] == ["id", "text", "other"]  # keep_columns None: every input column
     check_predictions(mapped.data.table, expected)
-    streamed = predict_dataset(tiny_model, dataset.to_iterable_dataset(), keep_columns=["id"], all_scores=True,
+    streamed = predict_dataset(tiny_reference_model, dataset.to_iterable_dataset(), keep_columns=["id"], all_scores=True,
                                chunk_size=8)
     table = pa.Table.from_pylist(list(streamed))
     assert table.column_names[0] == "id" and "text" not in table.column_names and "other" not in table.column_names
     check_predictions(table, expected, all_scores=True)
-    embedded = predict_dataset(tiny_model, dataset, keep_columns=[], embed=True)
+    embedded = predict_dataset(tiny_reference_model, dataset, keep_columns=[], embed=True)
     assert embedded.column_names == ["embedding"]
-    assert np.abs(np.array(embedded["embedding"]) - tiny_model.encode(TEXTS)).max() < 1e-6
+    assert np.abs(np.array(embedded["embedding"]) - tiny_reference_model.encode(TEXTS)).max() < 1e-6
     with pytest.raises(ValueError, match="the dataset has no column 'body'"):
-        predict_dataset(tiny_model, dataset, text_column="body")
+        predict_dataset(tiny_reference_model, dataset, text_column="body")
 
 
 def test_result_columns_follow_the_keys_of_each_task_output():
