@@ -487,28 +487,30 @@ def test_a_hub_id_offline_names_offline_mode_not_a_broken_save(monkeypatch):
     assert "save_pretrained wrote" in str(error.value) and "save it again" not in str(error.value)
 
 
-@pytest.mark.parametrize("case", list(BROKEN_TOKENIZERS))
-def test_a_damaged_tokenizer_file_is_named(case, tiny_saved, tmp_path):
+def broken_copy(saved: Path, folder: Path, break_it) -> Path:
+    """A copy of the saved model in `folder`, broken by `break_it`."""
     import shutil
 
-    break_it, message = BROKEN_TOKENIZERS[case]
-    path = tmp_path / "model"
-    shutil.copytree(tiny_saved, path)
+    path = folder / "model"
+    shutil.copytree(saved, path)
     break_it(path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(BROKEN_TOKENIZERS))
+def test_a_damaged_tokenizer_file_is_named(case, tiny_saved, tmp_path):
+    break_it, message = BROKEN_TOKENIZERS[case]
+    path = broken_copy(tiny_saved, tmp_path, break_it)
     with pytest.raises(OSError, match=message):
         SentenceMultiTaskModel.from_pretrained(str(path)).predict("a text")
 
 
 @pytest.mark.parametrize("case", list(BROKEN_DIRS))
 def test_a_broken_model_directory_fails_at_load_time(case, tiny_saved, tmp_path):
-    import shutil
-
     from transformers import AutoModel
 
     break_it, message = BROKEN_DIRS[case]
-    path = tmp_path / "model"
-    shutil.copytree(tiny_saved, path)
-    break_it(path)
+    path = broken_copy(tiny_saved, tmp_path, break_it)
     loaders = {"AutoModel": lambda: AutoModel.from_pretrained(str(path), trust_remote_code=True),
                "SentenceMultiTaskModel": lambda: SentenceMultiTaskModel.from_pretrained(str(path))}
     if case == "no auto_map":
