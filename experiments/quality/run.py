@@ -60,7 +60,7 @@ def scores(predicted, references, labels) -> dict:
 
 class Experiment:
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
-        self.out = out
+        self.out = Path(out).resolve()
         self.smoke = smoke
         self.encoder = encoder  # None: the package's default encoder
         self.in_process = in_process
@@ -122,9 +122,10 @@ class Experiment:
             merged["num_train_epochs"] = max(merged["num_train_epochs"], math.ceil(MIN_STEPS / steps_per_epoch))
         merged.pop("_rows", None)
         options_path = run_dir / "options.json"
-        options_path.write_text(json.dumps(merged, indent=2))
+        # Paths relative to the output folder, which the run starts in: the file says the same on any machine.
+        options_path.write_text(json.dumps(self.relative(merged), indent=2))
         started = time.time()
-        self.command(["train", str(options_path)], run_dir / "train.log")
+        self.command(["train", str(options_path.relative_to(self.out))], run_dir / "train.log")
         seconds = time.time() - started
         metrics = json.loads((run_dir / "model" / "eval_results.json").read_text())
         result = {"metrics": self._task_metrics(metrics), "seconds": round(seconds, 1),
@@ -134,16 +135,30 @@ class Experiment:
         print(f"{name}: {json.dumps(result['metrics'])} ({seconds:.0f} s)", flush=True)
         return result
 
+    def relative(self, value):
+        """`value` (an option value, a list of them or a dict) with paths inside the output folder made relative to
+        it ("TASK=PATH" items too)."""
+        if isinstance(value, dict):
+            return {key: self.relative(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.relative(item) for item in value]
+        if isinstance(value, str):
+            prefix, sep, path = value.rpartition("=") if "=" in value and os.sep in value else ("", "", value)
+            if os.path.isabs(path) and Path(path).resolve().is_relative_to(self.out.resolve()):
+                return prefix + sep + str(Path(path).resolve().relative_to(self.out.resolve()))
+        return value
+
     def command(self, argv: list[str], log: Path) -> None:
-        """`sentence-multitask ARGV`, its output to `log`: in a process of its own, or in this one (--in_process)."""
+        """`sentence-multitask ARGV` in the output folder, its output to `log`: in a process of its own, or in this one
+        (--in_process)."""
         with open(log, "w") as handle:
             if not self.in_process:
                 subprocess.run([sys.executable, "-m", "sentence_multitask.cli", *argv], stdout=handle,
-                               stderr=subprocess.STDOUT, check=True)
+                               stderr=subprocess.STDOUT, check=True, cwd=self.out)
                 return
             from sentence_multitask.cli import main as cli
 
-            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle), contextlib.chdir(self.out):
                 status = cli(argv)
             if status:
                 raise SystemExit(f"sentence-multitask {' '.join(argv)} exited with status {status}; see {log}")
