@@ -209,16 +209,14 @@ class SentenceMultiTaskModel(SentenceInferenceMixin, SentenceMultiTaskPreTrained
         """
         if tasks is None:
             raise ValueError("from_encoder needs tasks, e.g. tasks={'sentiment': ['negative', 'neutral', 'positive']}.")
-        default = encoder_name_or_path is None
-        local = local_default_encoder()
-        path = default_encoder() if default else str(encoder_name_or_path)
+        path = default_encoder() if encoder_name_or_path is None else str(encoder_name_or_path)
         encoder_config = AutoConfig.from_pretrained(path)
         encoder = AutoModel.from_pretrained(path, config=encoder_config, **_encoder_kwargs(encoder_config))
         config = SentenceMultiTaskConfig(
             encoder=encoder.config, tasks={task: list(labels) for task, labels in tasks.items()}, **config_kwargs
         )
         # The card's base_model: the Hub id, also when the weights came from the offline copy of the default.
-        config.base_model = DEFAULT_ENCODER if default or path == local else path
+        config.base_model = DEFAULT_ENCODER if path in (DEFAULT_ENCODER, local_default_encoder()) else path
         model = cls(config, encoder=encoder)
         model._tokenizer = load_tokenizer(path, encoder_config)
         return model
