@@ -124,7 +124,7 @@ def main() -> None:
             model = os.path.join(scratch, "model")
             build_reference_model(Path(model))
         exported = os.path.join(scratch, "exported")
-        subprocess.run([*command_line(), "export-onnx", "--model", model, "--output", exported], check=True,
+        subprocess.run([*command_line(), "export-onnx", "--model", model, "--output_dir", exported], check=True,
                        capture_output=True)
         load_before = round(os.getloadavg()[0], 2)
         times = measure(model, exported, args.runs)

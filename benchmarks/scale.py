@@ -153,7 +153,7 @@ def measure_resume(tiny: str, folder: Path, count: int, seed: int) -> dict:
     source = folder / "resume.parquet"
     write_parquet(source, generated_texts(count, seed=1))
     base = [*cli(), "predict", "--model", tiny, "--input", str(source), "--keep_columns", "id", "--chunk_size", "2000",
-            "--all_scores", "--device", "cpu", *THREADS]
+            "--return_all_scores", "--device", "cpu", *THREADS]
     subprocess.run([*base, "--output", str(folder / "reference.parquet")], check=True, env=env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     output, parts = folder / "resumed.parquet", folder / ".resumed.parquet.parts"

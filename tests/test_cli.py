@@ -98,7 +98,7 @@ def test_predict_from_arguments_file_and_stdin(cli, saved, tmp_path, tiny_model)
 def test_predict_all_scores_and_jsonl_input(cli, saved, tmp_path):
     path = tmp_path / "texts.jsonl"
     path.write_text("\n".join(json.dumps({"body": text}) for text in SENTENCES))
-    output = rows(cli("predict", "--model", saved, "--file", path, "--text_column", "body", "--all_scores"))
+    output = rows(cli("predict", "--model", saved, "--file", path, "--text_column", "body", "--return_all_scores"))
     assert len(output) == 3
     assert sum(output[0]["sentiment"]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
@@ -126,12 +126,12 @@ def test_clear_errors(cli, saved, tmp_path):
 
 
 def test_user_errors_are_one_line_not_a_traceback(cli, saved, tmp_path):
-    user_error(cli("predict", "--model", saved, "--batch_size", "0", "hi"), "batch_size must be a positive integer")
+    user_error(cli("predict", "--model", saved, "--batch_size", "0", "hi"), "'0' is not a positive integer")
     for missing in ("/nonexistent", str(tmp_path / "missing"), "./missing", "a/b/c"):
         user_error(cli("predict", "--model", missing, "hi"), f"{missing}: no such directory; --model takes a directory")
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"text": SENTENCES[0], "topic": "other"}) + "\n")
-    user_error(cli("evaluate", "--model", saved, "--data", f"topc={data}"), "['topc']")
+    user_error(cli("evaluate", "--model", saved, "--eval_files", f"topc={data}"), "['topc']")
     user_error(cli("predict", "--model", saved, "--backend", "onnx", "--precision", "bf16", "hi"),
                "drop --precision or use --backend torch")
     user_error(cli("embed", "--backend", "onnx-int8", "hi"), "add --model")
@@ -233,7 +233,7 @@ def test_input_that_is_not_utf8_names_file_and_line(cli, saved, tmp_path):
         user_error(cli("predict", "--model", saved, "--file", path),
                    f"error: {path}, line 2: not UTF-8 (byte 0xe9 at column 4: invalid continuation byte); "
                    "re-encode the file as UTF-8")
-    user_error(cli("export-onnx", "--model", saved, "--output", tmp_path / "out", "--quantize",
+    user_error(cli("export-onnx", "--model", saved, "--output_dir", tmp_path / "out", "--quantize",
                    "--calibration_file", tmp_path / "texts.txt"),
                f"error: {tmp_path / 'texts.txt'}, line 2: not UTF-8")
     result = cli("predict", "--model", saved, stdin=latin1)  # bytes on standard input, not a lone surrogate in a text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import datasets
@@ -209,15 +210,27 @@ def test_resume_with_teachers_and_uncertainty_weighting_is_exact(tmp_path, tiny_
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--teacher_annealing", "cosine", "--teacher_annealing must be one of linear, constant"),
     ("--distillation_temperature", "0", "--distillation_temperature must be positive"),
     ("--distillation_weight", "1.5", r"--distillation_weight must be in \[0, 1\]"),
-    ("--loss_balancing", "gradnorm", "--loss_balancing must be one of static, uncertainty"),
-    ("--task_sampling", "annealing", "--task_sampling must be one of proportional, temperature, round_robin, annealed"),
 ])
 def test_bad_options_are_refused_by_name(option, value, message):
     with pytest.raises(ValueError, match=message):
         parse_args([option, value])
+
+
+@pytest.mark.parametrize("option, value, choices", [
+    ("--teacher_annealing", "cosine", "linear, constant"),
+    ("--loss_balancing", "gradnorm", "static, uncertainty"),
+    ("--task_sampling", "annealing", "proportional, temperature, round_robin, annealed"),
+])
+def test_a_value_outside_the_choices_is_refused_by_name(option, value, choices, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # on the command line: argparse, with the choices
+        parse_args([option, value])
+    assert re.search(rf"argument {option}\S*: invalid choice: '{value}'", capsys.readouterr().err)
+    options = tmp_path / "options.json"  # in an options file: the arguments' own check
+    options.write_text(json.dumps({option.removeprefix("--"): value}))
+    with pytest.raises(ValueError, match=f"{option} must be one of {choices}"):
+        parse_args([str(options)])
 
 
 # ---------------------------------------------------------------------------------------------------- sampling
@@ -242,7 +255,7 @@ def test_annealed_sampling_spans_the_epochs_the_run_trains():
 
     args = SimpleNamespace(max_steps=-1, num_train_epochs=2.5, per_device_train_batch_size=8, world_size=1,
                            gradient_accumulation_steps=1)
-    epochs = lambda rows: MultiTaskTrainer.training_epochs(SimpleNamespace(args=args), rows)  # noqa: E731
+    epochs = lambda rows: MultiTaskTrainer.training_epochs(SimpleNamespace(args=args), rows)
     assert epochs(40) == 3
     args.max_steps = 12  # 40 rows in batches of 8: 5 steps per epoch
     assert epochs(40) == 3

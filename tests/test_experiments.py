@@ -24,6 +24,10 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                 "multitask_distilled"}
     expected |= {f"limited_{method}_{fraction}" for method in ("single", "joint", "sequential")
                  for fraction in ("0.01", "0.05", "0.2", "1.0")}
+    expected |= {f"limited_{method}_{fraction}" for method in ("distilled", "upsampled", "sequential_top")
+                 for fraction in ("0.01", "0.05")}
+    expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
+                 "tuned_single_sentiment", "tuned_multitask"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -34,6 +38,13 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert (tmp_path / "limited_data.png").stat().st_size > 1000
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.05" / "options.json").read_text())
-    assert options["freeze_encoder"] is True and options["model_name_or_path"].endswith("single_topic/model")
+    assert options["freeze_encoder"] is True and options["model"].endswith("single_topic/model")
     assert "encoder" not in options  # the topic model's own encoder
+    top = results["runs"]["limited_sequential_top_0.01"]
+    assert set(top["metrics"]) == {"topic", "sentiment"}  # the topic head measured after the top layers trained
+    # The tuned multi-task run distils from the tuned single-task runs, with the search's best options.
+    tuned = json.loads((tmp_path / "runs" / "tuned_multitask" / "options.json").read_text())
+    assert tuned["teachers"] == ["topic=runs/tuned_single_topic/model", "sentiment=runs/tuned_single_sentiment/model"]
+    search = results["runs"]["search_multitask"]["search"]
+    assert len(search["trials"]) == 2 and tuned["learning_rate"] == search["best"]["params"]["learning_rate"]
     assert json.loads((tmp_path / "runs" / "multitask" / "options.json").read_text())["encoder"] == tiny_encoder

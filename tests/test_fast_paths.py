@@ -441,7 +441,7 @@ def test_cli_predict_with_onnx_backend(tiny_model, tiny_int8, capsys):
     ("onnx-int8", "1.5", "error: recheck_margin is a difference of probabilities, 0 to 1"),
 ])
 def test_cli_recheck_margin(tiny_int8, backend, margin, error, capsys):
-    status, out, err = run_cli(["predict", "--model", str(tiny_int8), "--backend", backend, "--recheck-margin", margin,
+    status, out, err = run_cli(["predict", "--model", str(tiny_int8), "--backend", backend, "--recheck_margin", margin,
                                 "A close match."], capsys)
     if error is None:
         assert status == 0, err[-2000:]
@@ -457,8 +457,8 @@ def test_cli_recheck_margin(tiny_int8, backend, margin, error, capsys):
 def test_cli_export_calibration_file(tiny_int8, tmp_path, extra, error, capsys):
     texts = tmp_path / "calibration.jsonl"
     texts.write_text('{"text": "One."}\n\n{"text": "Two."}\n{"text": "Three."}\n')  # the blank line is skipped
-    status, _, err = run_cli(["export-onnx", "--model", str(tiny_int8), "--output", str(tmp_path / "out"),
-                              "--calibration-file", str(texts), *extra], capsys)
+    status, _, err = run_cli(["export-onnx", "--model", str(tiny_int8), "--output_dir", str(tmp_path / "out"),
+                              "--calibration_file", str(texts), *extra], capsys)
     assert status != 0 and error in err, err
     assert not (tmp_path / "out").exists()
 
@@ -467,7 +467,7 @@ def test_cli_export_calibration_file(tiny_int8, tmp_path, extra, error, capsys):
 @pytest.fixture(scope="module")
 def tiny_exported(tmp_path_factory, tiny_encoder):
     """A trained-looking model (a card with metrics) saved, loaded and exported into its own folder, as
-    `sentence-multitask export-onnx --model D --output D` does; with the card as saved before the export."""
+    `sentence-multitask export-onnx --model D --output_dir D` does; with the card as saved before the export."""
     from sentence_multitask import REFERENCE_TASKS, SentenceMultiTaskModel
     from sentence_multitask.onnx import export_onnx
 

@@ -348,7 +348,7 @@ def test_cli_predict_bad_input(cli, tiny_saved, tmp_path):
     texts = ["", "   ", LONG, LONG, "😀 שלום مرحبا e\u0301\u0302 \x07", ("ż😀 " * 40000)[:100_000]]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")  # one text per line
     with captured_warnings() as records:
-        result = cli("predict", "--model", str(tiny_saved), "--all_scores", "--file", str(tmp_path / "texts.txt"))
+        result = cli("predict", "--model", str(tiny_saved), "--return_all_scores", "--file", str(tmp_path / "texts.txt"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert [row["text"] for row in rows] == texts

@@ -67,15 +67,15 @@ def error(result, text):
     assert status != 0 and text in err and "Traceback" not in err, err[-3000:]
 
 
-def check_predictions(table: pa.Table, expected, all_scores=False):
+def check_predictions(table: pa.Table, expected, return_all_scores=False):
     assert table.num_rows == len(expected)
     for task, labels in REFERENCE_TASKS.items():
         assert table.column(f"{task}_label").to_pylist() == [row[task]["label"] for row in expected]
         np.testing.assert_allclose(table.column(f"{task}_score").to_numpy(), [row[task]["score"] for row in expected],
                                    atol=1e-5)
         for label in labels:
-            assert (f"{task}_scores_{label}" in table.column_names) == all_scores
-            if all_scores:
+            assert (f"{task}_scores_{label}" in table.column_names) == return_all_scores
+            if return_all_scores:
                 np.testing.assert_allclose(table.column(f"{task}_scores_{label}").to_numpy(),
                                            [row[task]["scores"][label] for row in expected], atol=1e-5)
 
@@ -97,11 +97,11 @@ def test_every_input_format_gives_the_in_memory_predictions(kind, saved, expecte
 def test_output_formats_all_scores_and_embeddings(saved, tiny_reference_model, expected, tmp_path, capsys):
     source = write_input(tmp_path, "parquet")
     base = ["--model", saved, "--input", source, "--chunk_size", "7"]
-    ok(run_cli(["predict", *base, "--output", str(tmp_path / "p.jsonl"), "--all_scores", "--keep_columns", "id,text"],
+    ok(run_cli(["predict", *base, "--output", str(tmp_path / "p.jsonl"), "--return_all_scores", "--keep_columns", "id,text"],
                capsys))
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [row["text"] for row in rows] == TEXTS and [row["id"] for row in rows][:2] == [100, 101]
-    check_predictions(pa.Table.from_pylist(rows), expected, all_scores=True)
+    check_predictions(pa.Table.from_pylist(rows), expected, return_all_scores=True)
     ok(run_cli(["predict", *base, "--output", str(tmp_path / "p.csv")], capsys))
     import pyarrow.csv
 
@@ -142,8 +142,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_output(saved, tmp_path,
     assert not out.exists() and sorted(os.listdir(parts)) == ["_run.json", "part-00000.parquet", "part-00001.parquet"]
     error(run_cli([*args, "--output", str(out)], capsys),
           f"{parts} holds the parts of an interrupted run: pass --resume")
-    error(run_cli([*args, "--output", str(out), "--resume", "--all_scores"], capsys),
-          "--resume: " + str(out) + " was written with other options (all_scores: False then, True now)")
+    error(run_cli([*args, "--output", str(out), "--resume", "--return_all_scores"], capsys),
+          "--resume: " + str(out) + " was written with other options (return_all_scores: False then, True now)")
     ok(run_cli([*args, "--output", str(out), "--resume"], capsys))
     assert calls == [5, 5, 5, 5, 5, 3]  # 3 chunks of the first run (the third failed), then the 3 left: none twice
     assert pq.read_table(out).equals(pq.read_table(tmp_path / "reference.parquet"))
@@ -183,11 +183,11 @@ def test_predict_dataset_maps_datasets_and_iterable_datasets(tiny_reference_mode
     mapped = predict_dataset(tiny_reference_model, dataset, chunk_size=8)
     assert mapped.column_names[:3] == ["id", "text", "other"]  # keep_columns None: every input column
     check_predictions(mapped.data.table, expected)
-    streamed = predict_dataset(tiny_reference_model, dataset.to_iterable_dataset(), keep_columns=["id"], all_scores=True,
+    streamed = predict_dataset(tiny_reference_model, dataset.to_iterable_dataset(), keep_columns=["id"], return_all_scores=True,
                                chunk_size=8)
     table = pa.Table.from_pylist(list(streamed))
     assert table.column_names[0] == "id" and "text" not in table.column_names and "other" not in table.column_names
-    check_predictions(table, expected, all_scores=True)
+    check_predictions(table, expected, return_all_scores=True)
     embedded = predict_dataset(tiny_reference_model, dataset, keep_columns=[], embed=True)
     assert embedded.column_names == ["embedding"]
     assert np.abs(np.array(embedded["embedding"]) - tiny_reference_model.encode(TEXTS)).max() < 1e-6

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +145,7 @@ def test_cli_predict_and_evaluate_respect_the_types(mixed_model, mixed_data, tmp
     row = json.loads(out.splitlines()[0])
     assert set(row) == {"text", "topic", "emotions", "score"} and "labels" in row["emotions"] and "value" in row["score"]
     report_file = tmp_path / "report.json"
-    status, out, err = run_cli(["evaluate", "--model", str(mixed_model), "--data", str(mixed_data / "validation.jsonl"),
+    status, out, err = run_cli(["evaluate", "--model", str(mixed_model), "--eval_files", str(mixed_data / "validation.jsonl"),
                                 "--output", str(report_file)], capsys)
     assert status == 0, err
     assert "multi-label: micro-F1" in out and "regression: MSE" in out
@@ -150,6 +153,38 @@ def test_cli_predict_and_evaluate_respect_the_types(mixed_model, mixed_data, tmp
     assert report["tasks"]["emotions"]["support"] == 24 - 24 // 5  # rows without emotions are left out
     assert report["tasks"]["score"]["task_type"] == "regression" and report["tasks"]["score"]["support"] == 24
     assert set(report["tasks"]["emotions"]["thresholds"]) == {"anger", "fear", "joy"}
+
+
+def test_evaluate_splits_delimited_label_strings(mixed_model, tmp_path, capsys):
+    rows = [{**row, "emotions": ";".join(row["emotions"])} for row in mixed_rows(24, seed=2) if "emotions" in row]
+    data = write_jsonl(tmp_path / "delimited.jsonl", rows)
+    status, out, err = run_cli(["evaluate", "--model", str(mixed_model), "--eval_files", str(data),
+                                "--label_delimiter", "emotions=;"], capsys)
+    assert status == 0, err
+    delimited = json.loads(out.splitlines()[-1])["tasks"]["emotions"]
+    status, out, err = run_cli(["evaluate", "--model", str(mixed_model), "--eval_files",
+                                str(write_jsonl(tmp_path / "lists.jsonl", [r for r in mixed_rows(24, seed=2)
+                                                                          if "emotions" in r]))], capsys)
+    assert status == 0, err
+    assert delimited == json.loads(out.splitlines()[-1])["tasks"]["emotions"]
+
+
+def test_torchrun_trains_all_three_types_in_two_processes(mixed_data, tiny_encoder, tmp_path):
+    out, logs = tmp_path / "ddp", tmp_path / "logs"
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--log-dir", str(logs),
+               "--redirects", "3", "-m", "sentence_multitask.cli", "train",
+               *tiny_args(tiny_encoder, out, "--train_files", str(mixed_data / "train.jsonl"), "--validation_files",
+                          str(mixed_data / "validation.jsonl"), "--tasks", "topic", "emotions", "score",
+                          "--task_types", "score=regression", "--max_steps", "2", "--ddp_backend", "gloo")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
+    rank_logs = {path.parent.name: path.read_text(errors="replace") for path in logs.rglob("stderr.log")}
+    assert result.returncode == 0, result.stderr[-3000:] + "\n".join(log[-3000:] for log in rank_logs.values())
+    assert sorted(rank_logs) == ["0", "1"] and "on 2 process(es)" in (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_types"] == {"emotions": "multi_label", "score": "regression"}
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_topic_accuracy", "eval_emotions_macro_f1", "eval_score_mse"} <= set(metrics)
 
 
 def test_onnx_graph_bakes_in_sigmoid_and_target_units(mixed_model, tmp_path):

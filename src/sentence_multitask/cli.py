@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .command_help import HelpFormatter
 from .loading import load_model  # imports torch and the model when called, not with the CLI
 
 
@@ -39,8 +40,11 @@ def read_text_file(path: str, option: str, text_column: str | None) -> list[str]
     table (.jsonl, .json, .csv, .tsv, .parquet, any case); else one text per line, where a `text_column` is refused
     rather than ignored.
     """
+    if path != "-" and os.path.isdir(path):
+        hint = " or give the folder as --input with --output (a dataset run)" if option == "--file" else ""
+        raise SystemExit(f"error: {option} {path} is a folder; {option} takes one file: name a file in it{hint}.")
     if path != "-" and not os.path.isfile(path):
-        raise SystemExit(f"error: {path}: no such file.")
+        raise SystemExit(f"error: {option} {path}: no such file.")
     suffix = "" if path == "-" else os.path.splitext(path)[1].lower()
     if suffix in TABLE_SUFFIXES:
         from .streaming import read_table_texts
@@ -109,13 +113,6 @@ def _texts_from_json_lines(lines: list[str], name: str, text_column: str) -> lis
     return texts
 
 
-def recheck_option(sub) -> None:
-    sub.add_argument("--recheck_margin", "--recheck-margin", type=float,
-                     help="onnx-int8: rerun in fp32 the texts whose two best labels lie closer than this (0.01 kept "
-                          "99.3-99.4 %% of fp32's labels, rerunning ~1 %% of the texts, on a graph exported with "
-                          "--calibration-file; default: no recheck).")
-
-
 def model_options(args) -> dict:
     """The `load_model` options of parsed command-line `args`."""
     return {"backend": getattr(args, "backend", "torch"), "device": getattr(args, "device", None),
@@ -153,7 +150,7 @@ def run_dataset(args, embed: bool) -> int:
     """predict / embed from --input to --output, in this process (streaming) or with Ray Data."""
     keep_columns = [name.strip() for name in (args.keep_columns or "").split(",") if name.strip()]
     options = {"embed": embed, "text_column": args.text_column or "text", "keep_columns": keep_columns,
-               "batch_size": args.batch_size, "all_scores": getattr(args, "all_scores", False),
+               "batch_size": args.batch_size, "return_all_scores": getattr(args, "return_all_scores", False),
                "normalize": not getattr(args, "no_normalize", False), "output_format": args.output_format}
     if args.engine == "ray":
         from .ray_data import run_with_ray
@@ -181,7 +178,7 @@ def cmd_predict(args) -> int:
         return run_dataset(args, embed=False)
     texts = read_texts(args)
     model = load_model(args.model, **model_options(args))
-    results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.all_scores)
+    results = model.predict(texts, batch_size=args.batch_size, return_all_scores=args.return_all_scores)
     write_jsonl({"text": text, **result} for text, result in zip(texts, results))
     return 0
 
@@ -199,9 +196,12 @@ def cmd_embed(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_model, format_table
 
+    if args.output and os.path.isdir(args.output):  # checked before the model loads and the files are scored
+        raise SystemExit(f"error: --output {args.output} is a folder; --output takes the JSON report's file name, "
+                         f"e.g. {os.path.join(args.output, 'report.json')}.")
     model = load_model(args.model, **model_options(args))
-    report = evaluate_model(model, args.data, text_column=args.text_column, label_columns=args.label_columns,
-                            batch_size=args.batch_size)
+    report = evaluate_model(model, args.eval_files, text_column=args.text_column, label_columns=args.label_columns,
+                            batch_size=args.batch_size, label_delimiter=args.label_delimiter)
     print(format_table(report))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
@@ -224,7 +224,7 @@ def cmd_export_onnx(args) -> int:
                          "--text_column.")
     args.device, args.backend = "cpu", "torch"
     model = load_model(args.model, **model_options(args))
-    folder = export_onnx(model, args.output, quantize=args.quantize, calibration_texts=calibration_texts)
+    folder = export_onnx(model, args.output_dir, quantize=args.quantize, calibration_texts=calibration_texts)
     from .onnx import FP32_FILE, INT8_FILE
 
     stale = not args.quantize and os.path.isfile(os.path.join(folder, INT8_FILE))
@@ -283,28 +283,78 @@ def positive_int(value: str) -> int:
     return number
 
 
+PRECISIONS, BACKENDS = ("fp32", "bf16", "fp16", "auto"), ("torch", "onnx", "onnx-int8")
+EXAMPLES = {
+    "predict": """\
+examples:
+  sentence-multitask predict --model my-model "The striker scored twice." "I love this phone"
+  sentence-multitask predict --model my-model --file texts.csv --text_column body --return_all_scores
+  sentence-multitask predict --model my-model --input tickets.parquet --output labelled.parquet --keep_columns id
+""",
+    "embed": """\
+examples:
+  sentence-multitask embed "The dog ran across the grass." "Why is the sky blue?"
+  sentence-multitask embed --model my-model --input corpus.parquet --output vectors.parquet --keep_columns id
+""",
+    "evaluate": """\
+example:
+  sentence-multitask evaluate --model my-model --eval_files topic=topic_test.csv sentiment=sentiment_test.csv \\
+      --output report.json
+""",
+    "export-onnx": """\
+example:
+  sentence-multitask export-onnx --model my-model --output_dir my-model-onnx --quantize --calibration_file texts.txt
+  sentence-multitask predict --model my-model-onnx --backend onnx-int8 "The striker scored twice."
+""",
+    "serve": """\
+example:
+  sentence-multitask serve --model my-model --port 8000
+  curl -s localhost:8000/predict -H 'content-type: application/json' -d '{"inputs": ["I love this phone"]}'
+""",
+    "export-handler": """\
+example:
+  sentence-multitask export-handler --model my-model   # then upload the folder to an Inference Endpoint
+""",
+}
+
+
+def runtime_options(sub, recheck: bool = True, serving: bool = False) -> None:
+    """--device, --threads, --precision, --backend (and --recheck_margin): how a loaded model runs."""
+    sub.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu).")
+    sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
+    sub.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                     help="fp32 (exact), bf16 (CPUs with native bf16, GPUs), fp16 (GPU) or auto.")
+    sub.add_argument("--backend", choices=BACKENDS, default="torch",
+                     help="onnx / onnx-int8 run MODEL/onnx/model[_quantized].onnx (see export-onnx).")
+    if recheck:
+        sub.add_argument("--recheck_margin", "--recheck-margin", type=float,
+                         help="onnx-int8: rerun in fp32 the texts whose two best labels lie closer than this (0.01 "
+                              "kept 99.3-99.4 %% of fp32's labels, rerunning ~1 %% of the texts, on a graph exported "
+                              "with --calibration_file; default: no recheck).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sentence-multitask",
+        prog="sentence-multitask", formatter_class=HelpFormatter,
         description="Multi-task sentence models on Hugging Face Transformers: train, evaluate, predict, embed.",
-        epilog="`sentence-multitask train --help` lists every training option (all Trainer flags work).",
+        epilog="`sentence-multitask COMMAND --help` lists a command's options and ends with examples.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def inference(name, help_text):
-        sub = commands.add_parser(name, help=help_text)
+    def command(name, help_text):
+        return commands.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                                   formatter_class=HelpFormatter)
+
+    def inference(name, help_text, model_help, model_required):
+        sub = command(name, help_text)
+        sub.add_argument("--model", required=model_required, help=model_help)
         sub.add_argument("texts", nargs="*", help="Texts (default: --file, else one per line on standard input).")
         sub.add_argument("--file", help="Text file, one text per line, or a table (.jsonl, .json, .csv, .tsv, "
                                         ".parquet) with a text column; - for stdin (one text per line).")
         sub.add_argument("--text_column", "--text-column",
                          help="Text column of a table --file or of --input (default: text).")
-        sub.add_argument("--batch_size", "--batch-size", type=int, default=32)
-        sub.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
-        sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
-        sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
-                         help="fp32 (exact), bf16 (CPUs with native bf16, GPUs), fp16 (GPU) or auto.")
-        sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
-                         help="onnx / onnx-int8 run MODEL/onnx/model[_quantized].onnx (see export-onnx).")
+        sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=32, help="Texts per forward pass.")
+        runtime_options(sub, recheck=name == "predict")
         runs = sub.add_argument_group("dataset runs (--input to --output, any size; see docs/scale.md)")
         runs.add_argument("--input", help="CSV, TSV, JSON, JSON Lines, Parquet, plain text (one text per line), a "
                                           "folder of such files or a dataset saved with save_to_disk; streamed.")
@@ -316,43 +366,48 @@ def build_parser() -> argparse.ArgumentParser:
         runs.add_argument("--resume", action="store_true",
                           help="Continue an interrupted run into --output from its last complete part.")
         runs.add_argument("--chunk_size", "--chunk-size", type=positive_int, default=10_000,
-                          help="Rows read, sorted by length and written as one part at a time (default: 10000).")
+                          help="Rows read, sorted by length and written as one part at a time.")
         runs.add_argument("--engine", choices=("local", "ray"), default="local",
                           help="local: this process; ray: Ray Data actors (pip install 'sentence-multitask[ray]').")
         runs.add_argument("--ray_address", "--ray-address",
                           help="Ray cluster to join (default: RAY_ADDRESS, else a local one).")
         runs.add_argument("--actors", type=positive_int, default=1,
-                          help="--engine ray: model replicas (one per GPU with --device cuda; default: 1).")
+                          help="--engine ray: model replicas (one per GPU with --device cuda).")
         return sub
 
-    sub = inference("predict", "Every task's label and score per text, as JSON Lines.")
-    sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
-    sub.add_argument("--all_scores", "--all-scores", action="store_true", help="Add every label's probability.")
-    recheck_option(sub)
+    sub = inference("predict", "Every task's label and score per text, as JSON Lines (or a dataset with --output).",
+                    "Saved model directory or Hub id.", model_required=True)
+    sub.add_argument("--return_all_scores", "--all_scores", "--all-scores", action="store_true",
+                     help="Add every label's probability (as predict(return_all_scores=True)).")
     sub.set_defaults(run=cmd_predict)
 
-    sub = inference("embed", "Sentence embeddings per text, as JSON Lines.")
-    sub.add_argument("--model", help="Saved model directory or Hub id (default: the default encoder).")
-    sub.add_argument("--no_normalize", "--no-normalize", action="store_true", help="Do not L2-normalise.")
+    sub = inference("embed", "Sentence embeddings per text, as JSON Lines (or a dataset with --output).",
+                    "Saved model directory or Hub id (default: the default encoder, all-MiniLM-L6-v2).",
+                    model_required=False)
+    sub.add_argument("--no_normalize", "--no-normalize", action="store_true",
+                     help="Do not L2-normalise (as encode(normalize=False)).")
     sub.set_defaults(run=cmd_embed)
 
-    sub = commands.add_parser("evaluate", help="Metrics of a saved model on labelled files (table and JSON).")
+    sub = command("evaluate", "Metrics of a saved model on labelled files (a table, then JSON).")
     sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
-    sub.add_argument("--data", required=True, nargs="+", help="Labelled files: PATH or TASK=PATH (as for train).")
-    sub.add_argument("--text_column", "--text-column", default="text")
-    sub.add_argument("--label_columns", "--label-columns", nargs="*", help="TASK=COLUMN per task.")
+    sub.add_argument("--eval_files", "--data", required=True, nargs="+",
+                     help="Labelled files: PATH or TASK=PATH, as train's --validation_files.")
+    sub.add_argument("--text_column", "--text-column", default="text", help="Column holding the text.")
+    sub.add_argument("--label_columns", "--label-columns", nargs="*",
+                     help="TASK=COLUMN per task (default: a column named like the task, else label).")
+    sub.add_argument("--label_delimiter", "--label-delimiter", nargs="*",
+                     help="TASK=SEPARATOR per multi-label task whose column holds strings such as joy;anger (as for "
+                          "train).")
     sub.add_argument("--output", help="Also write the JSON report to this file.")
-    sub.add_argument("--batch_size", "--batch-size", type=int, default=64)
-    sub.add_argument("--device")
-    sub.add_argument("--threads", type=positive_int)
-    sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
-    sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
-    recheck_option(sub)
+    sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=64, help="Texts per forward pass.")
+    runtime_options(sub)
     sub.set_defaults(run=cmd_evaluate)
 
-    sub = commands.add_parser("export-onnx", help="Export encoder, pooling and heads as one ONNX graph.")
+    sub = command("export-onnx", "Export encoder, pooling and heads as one ONNX graph (and an int8 one).")
     sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
-    sub.add_argument("--output", required=True, help="Directory for the model and its onnx/ folder.")
+    sub.add_argument("--output_dir", "--output", required=True,
+                     help="Folder for a copy of the model with its onnx/ folder (a new or empty folder, or an earlier "
+                          "export).")
     sub.add_argument("--quantize", action="store_true", help="Also write a dynamic int8 (per-channel) graph.")
     sub.add_argument("--calibration_file", "--calibration-file",
                      help="With --quantize: a few hundred texts like the model's inputs (one per line, or .jsonl with "
@@ -360,33 +415,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "more of fp32's labels.")
     sub.add_argument("--text_column", "--text-column",
                      help="Text field of a .jsonl calibration file (default: text).")
-    sub.add_argument("--threads", type=positive_int)
+    sub.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's choice).")
     sub.set_defaults(run=cmd_export_onnx)
 
-    sub = commands.add_parser("serve", help="HTTP server: POST /predict and /embed, GET /health and /info "
-                                            "(pip install 'sentence-multitask[serve]').")
+    sub = command("serve", "HTTP server: POST /predict and /embed, GET /health and /info "
+                           "(pip install 'sentence-multitask[serve]').")
     sub.add_argument("--model", required=True, help="Saved model directory or Hub id.")
-    sub.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1, this machine).")
-    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--host", default="127.0.0.1", help="Address to listen on (127.0.0.1: this machine only).")
+    sub.add_argument("--port", type=positive_int, default=8000, help="Port to listen on.")
     sub.add_argument("--max_batch_texts", "--max-batch-texts", type=positive_int, default=256,
-                     help="Most texts in one request (default: 256).")
+                     help="Most texts in one request.")
     sub.add_argument("--max_text_chars", "--max-text-chars", type=positive_int, default=20_000,
-                     help="Most characters in one text (default: 20000).")
+                     help="Most characters in one text.")
     sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=64,
-                     help="Texts in one forward pass, gathered across requests (default: 64).")
+                     help="Texts per forward pass, gathered across requests.")
     sub.add_argument("--max_wait_ms", "--max-wait-ms", type=float, default=5.0,
-                     help="How long the first request of a batch waits for others (default: 5 ms).")
-    sub.add_argument("--device")
-    sub.add_argument("--threads", type=positive_int)
-    sub.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32")
-    sub.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch")
+                     help="Milliseconds the first request of a batch waits for others.")
+    runtime_options(sub, recheck=False)
     sub.set_defaults(run=cmd_serve)
 
-    sub = commands.add_parser("export-handler", help="Add an Inference Endpoints handler.py to a saved model folder.")
+    sub = command("export-handler", "Add an Inference Endpoints handler.py to a saved model folder.")
     sub.add_argument("--model", required=True, help="Saved model directory.")
     sub.set_defaults(run=cmd_export_handler)
 
-    commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).", add_help=False)
+    commands.add_parser("train", help="Fine-tune encoder and heads with the HF Trainer (see `train --help`).",
+                        add_help=False)
     return parser
 
 

@@ -441,7 +441,7 @@ class OnnxSentenceMultiTask(SentenceInferenceMixin):
                 raise FileNotFoundError(
                     f"{file} does not exist; create it with `sentence-multitask export-onnx{' --quantize' if quantized else ''}"
                     f" --model MODEL --output {path}`"
-                    + (" (or run int8 without the fp32 recheck: recheck_margin=0, no --recheck-margin)."
+                    + (" (or run int8 without the fp32 recheck: recheck_margin=0, no --recheck_margin)."
                        if file.name == FP32_FILE and quantized else "."))
         config = SentenceMultiTaskConfig.from_pretrained(path)
         options = ort.SessionOptions()

@@ -50,14 +50,14 @@ def result_columns(results: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[s
     return {name: [row.get(name) for row in rows] for name in names}
 
 
-def output_columns(model, texts: list[str], *, embed: bool = False, batch_size: int = 32, all_scores: bool = False,
+def output_columns(model, texts: list[str], *, embed: bool = False, batch_size: int = 32, return_all_scores: bool = False,
                    normalize: bool = True, max_length: int | None = None) -> dict[str, Any]:
     """The columns `model` adds to rows with `texts`: `embedding` (a float32 array, one row per text) when `embed`,
     else the prediction columns of `result_columns`."""
     if embed:
         return {"embedding": model.encode(texts, batch_size=batch_size, normalize=normalize, max_length=max_length,
                                           show_progress_bar=False)}
-    return result_columns(model.predict(texts, batch_size=batch_size, return_all_scores=all_scores,
+    return result_columns(model.predict(texts, batch_size=batch_size, return_all_scores=return_all_scores,
                                         max_length=max_length, show_progress_bar=False))
 
 
@@ -85,7 +85,7 @@ def check_columns(available: Sequence[str] | None, text_column: str, keep_column
 
 
 def predict_dataset(model, dataset, text_column: str = "text", keep_columns: Sequence[str] | None = None,
-                    batch_size: int = 32, *, embed: bool = False, all_scores: bool = False, normalize: bool = True,
+                    batch_size: int = 32, *, embed: bool = False, return_all_scores: bool = False, normalize: bool = True,
                     max_length: int | None = None, chunk_size: int = CHUNK_ROWS):
     """
     `dataset` (a `datasets.Dataset` or `IterableDataset`) with the model's columns added by `dataset.map(...,
@@ -95,7 +95,7 @@ def predict_dataset(model, dataset, text_column: str = "text", keep_columns: Seq
         text_column: the column of texts.
         keep_columns: the input columns to keep beside the new ones (None: all of them).
         batch_size: texts per forward pass; `chunk_size` rows go to the model at a time (sorted by length there).
-        embed, all_scores, normalize, max_length: as for `model.encode` / `model.predict`.
+        embed, return_all_scores, normalize, max_length: as for `model.encode` / `model.predict`.
 
     Returns:
         A dataset of the same kind: a `Dataset` is computed now, an `IterableDataset` as it is iterated.
@@ -110,7 +110,7 @@ def predict_dataset(model, dataset, text_column: str = "text", keep_columns: Seq
 
     def add_columns(batch: dict[str, list]) -> dict[str, Any]:
         texts = column_texts(batch[text_column], text_column, 0, "the dataset")
-        return output_columns(model, texts, embed=embed, batch_size=batch_size, all_scores=all_scores,
+        return output_columns(model, texts, embed=embed, batch_size=batch_size, return_all_scores=return_all_scores,
                               normalize=normalize, max_length=max_length)
 
     # A Dataset would hash the model to name its cache: a fresh fingerprint instead (the model may change).
@@ -418,7 +418,7 @@ def _join_parts(parts: list[str], output_format: str, path: str) -> None:
 
 def stream_to_output(model, source: str, output: str, *, embed: bool = False, text_column: str = "text",
                      keep_columns: Sequence[str] = (), batch_size: int = 32, chunk_rows: int = CHUNK_ROWS,
-                     all_scores: bool = False, normalize: bool = True, max_length: int | None = None,
+                     return_all_scores: bool = False, normalize: bool = True, max_length: int | None = None,
                      output_format: str | None = None, resume: bool = False, progress: bool = True,
                      settings: Mapping[str, Any] | None = None) -> int:
     """
@@ -432,7 +432,7 @@ def stream_to_output(model, source: str, output: str, *, embed: bool = False, te
     target = PartedOutput.at(output, output_format)
     keep_columns = list(keep_columns)
     run = {"input": os.path.abspath(source), "embed": embed, "text_column": text_column, "keep_columns": keep_columns,
-           "chunk_rows": chunk_rows, "all_scores": all_scores, "normalize": normalize, "max_length": max_length,
+           "chunk_rows": chunk_rows, "return_all_scores": return_all_scores, "normalize": normalize, "max_length": max_length,
            "format": target.format, **(settings or {})}
     dataset, total = load_input(source, text_column)
     check_columns(dataset.column_names, text_column, keep_columns, source)
@@ -450,7 +450,7 @@ def stream_to_output(model, source: str, output: str, *, embed: bool = False, te
             for table in prefetch(_chunks(dataset, chunk_rows)):
                 check_columns(table.column_names, text_column, keep_columns, source)
                 texts = column_texts(table.column(text_column).to_pylist(), text_column, skipped + rows, source)
-                columns = output_columns(model, texts, embed=embed, batch_size=batch_size, all_scores=all_scores,
+                columns = output_columns(model, texts, embed=embed, batch_size=batch_size, return_all_scores=return_all_scores,
                                          normalize=normalize, max_length=max_length)
                 target.write(index, arrow_table(table.select(keep_columns), columns))
                 index, rows = index + 1, rows + len(texts)

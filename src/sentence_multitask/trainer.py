@@ -226,7 +226,7 @@ class CheckpointCard(TrainerCallback):
 
 class HubPush(TrainerCallback):
     """--push_to_hub while training, for a Trainer whose own push is off. When training starts: creates the repository
-    (private with --push_to_hub_private) and the --hub_revision branch. With `checkpoints` and --hub_strategy
+    (private with --hub_private_repo) and the --hub_revision branch. With `checkpoints` and --hub_strategy
     every_save, checkpoint or all_checkpoints: uploads each checkpoint folder, so that the repository holds a complete
     model (weights, config, code files, tokenizer and card) at every step, and with checkpoint / all_checkpoints also
     the resumable checkpoint into last-checkpoint/ or checkpoint-N/. (The Trainer's own push copies weights and config

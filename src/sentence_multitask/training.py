@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import transformers
 from transformers import AutoConfig, set_seed
 
@@ -40,26 +41,26 @@ logger = logging.getLogger(__name__)
 
 def build_model(model_args: ModelArguments, tasks: dict[str, list[str]], task_weights: dict[str, float] | None,
                 heads: dict[str, Any] | None = None):
-    """A new model on --encoder, or the saved --model_name_or_path with a new head for each task it lacks. `heads`:
+    """A new model on --encoder, or the saved --model with a new head for each task it lacks. `heads`:
     the config settings of the heads (`PreparedData.heads`: task types, target statistics, class weights)."""
     heads = {name: value for name, value in (heads or {}).items() if value}
-    if model_args.model_name_or_path:
-        model = SentenceMultiTaskModel.from_pretrained(model_args.model_name_or_path)
+    if model_args.model:
+        model = SentenceMultiTaskModel.from_pretrained(model_args.model)
         types = heads.get("task_types") or {}
         for task, labels in tasks.items():
             kind = types.get(task, "single_label")
             if task not in model.config.tasks:
                 logger.info("Adding %s task %r (labels %s) with a new head to %s", kind, task, labels,
-                            model_args.model_name_or_path)
+                            model_args.model)
                 model.add_task(task, labels, kind, **{name: values[task] for name, values in heads.items()
                                                       if name != "task_types" and task in values})
             elif model.config.task_type(task) != kind:
-                raise ValueError(f"{model_args.model_name_or_path} has a {model.config.task_type(task)} head for task "
+                raise ValueError(f"{model_args.model} has a {model.config.task_type(task)} head for task "
                                  f"{task!r}, but the data makes it {kind}; give --task_types {task}="
                                  f"{model.config.task_type(task)} or start from --encoder.")
             elif model.config.tasks[task] != labels:
                 raise ValueError(
-                    f"{model_args.model_name_or_path} has labels {model.config.tasks[task]} for task {task!r}, but the "
+                    f"{model_args.model} has labels {model.config.tasks[task]} for task {task!r}, but the "
                     f"data asks for {labels}; keep the model's labels (--labels {task}=...) or start from --encoder."
                 )
         weights = {**(model.config.task_weights or {}), **(task_weights or {})}
@@ -118,9 +119,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     check_model_sources(model_args)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
-    source = model_args.model_name_or_path or model_args.encoder or default_encoder()
-    saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model_name_or_path)
-             if model_args.model_name_or_path else None)
+    source = model_args.model or model_args.encoder or default_encoder()
+    saved = (SentenceMultiTaskModel.config_class.from_pretrained(model_args.model)
+             if model_args.model else None)
     tokenizer = load_tokenizer(source, saved.encoder if saved else None)
     encoder_config = saved.encoder if saved else AutoConfig.from_pretrained(source)
     requested = data_args.max_length or (saved.max_length if saved else DEFAULT_MAX_LENGTH)
@@ -134,6 +135,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         model.config.max_length = data_args.max_length  # predict/encode truncate as training did
         if model_args.freeze_encoder:
             model.encoder.requires_grad_(False)
+        if model_args.trainable_encoder_layers is not None:
+            freeze_lower_layers(model.encoder, model_args.trainable_encoder_layers)
         return model
 
     model = make_model(weights)
@@ -226,6 +229,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             model.push_to_hub(model.training_summary["repo_id"], private=args.hub_private_repo, token=args.hub_token,
                               commit_message="Upload sentence-multitask model", revision=args.hub_revision)
     return final_metrics
+
+
+def freeze_lower_layers(encoder, keep: int) -> None:
+    """Fix `encoder` (embeddings, pooler, every layer) but its top `keep` transformer layers: the blocks of its
+    ModuleList of `num_hidden_layers` entries (BERT's encoder.layer, and the like in other encoders)."""
+    count = encoder.config.num_hidden_layers
+    layers = next((module for module in encoder.modules()
+                   if isinstance(module, torch.nn.ModuleList) and len(module) == count), None)
+    if layers is None:
+        raise ValueError(f"--trainable_encoder_layers: no list of {count} layers found in the encoder "
+                         f"({type(encoder).__name__}); use --freeze_encoder or train the whole encoder.")
+    if keep > count:
+        raise ValueError(f"--trainable_encoder_layers {keep}: the encoder has {count} layers.")
+    encoder.requires_grad_(False)
+    for layer in list(layers)[count - keep:]:
+        layer.requires_grad_(True)
 
 
 def sequential_metrics(phases: Sequence[dict[str, float]]) -> dict[str, float]:
