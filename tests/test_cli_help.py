@@ -94,3 +94,6 @@ def test_a_folder_as_file_is_named_as_a_folder(capsys, tmp_path):
     status, _, err = run_cli(["evaluate", "--model", str(tmp_path), "--eval_files", "x.jsonl", "--output",
                               str(tmp_path)], capsys)
     assert status != 0 and f"--output {tmp_path} is a folder; --output takes the JSON report's file name" in err
+    status, _, err = run_cli(["train", "--train_files", f"topic={tmp_path}", "--output_dir", str(tmp_path / "o")],
+                             capsys)
+    assert status != 0 and f"{tmp_path}: is a folder; give one file per item (TASK=PATH)" in err

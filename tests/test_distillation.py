@@ -155,6 +155,9 @@ def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_
         check_teachers({"sentiment": other}, student, tokenizer)
     with pytest.raises(ValueError, match=r"--teachers names task 'emotion', but the tasks are"):
         check_teachers({"emotion": teachers["topic"]}, student, tokenizer)
+    for missing, problem in ((tmp_path / "nope", "does not exist"), (tmp_path / "other" / "config.json", "is a file")):
+        with pytest.raises(FileNotFoundError, match=rf"--teachers topic={missing}: {missing} {problem}; give the "):
+            training.main(["--teachers", f"topic={missing}", "--output_dir", str(tmp_path / "out")])
 
 
 # ---------------------------------------------------------------------------------------------------- training

@@ -74,8 +74,9 @@ def load_source(spec: DataSpec, split: str, max_rows: int | None = None) -> data
     else:
         path = spec.source
         if not os.path.isfile(path):
-            options = "--data" if split == "evaluation" else "--train_files / --validation_files"
-            raise DataError(f"{path}: no such file. Check the path given to {options}.")
+            options = "--eval_files" if split == "evaluation" else "--train_files / --validation_files"
+            problem = "is a folder; give one file per item (TASK=PATH)" if os.path.isdir(path) else "no such file"
+            raise DataError(f"{path}: {problem}. Check the path given to {options}.")
         suffix = Path(path).suffix.lower()
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(suffix)
         if builder is None:

@@ -25,7 +25,13 @@ from transformers.utils.logging import tqdm
 from .arguments import TEACHER_ANNEALING_MODES, parse_key_values
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
-from .inference_sentence_multitask import CPU_BATCH_TOKENS, labelled, length_sorted_batches, load_tokenizer
+from .inference_sentence_multitask import (
+    CPU_BATCH_TOKENS,
+    labelled,
+    length_sorted_batches,
+    load_tokenizer,
+    not_a_model_folder,
+)
 from .modeling_sentence_multitask import SentenceMultiTaskModel
 
 logger = logging.getLogger(__name__)
@@ -34,8 +40,15 @@ TEACHER_PREFIX = "teacher_"
 
 
 def parse_teachers(items: Sequence[str] | None) -> dict[str, str]:
-    """--teachers TASK=MODEL items as {task: model folder or Hub id}."""
-    return parse_key_values(items, "--teachers")
+    """--teachers TASK=MODEL items as {task: model folder or Hub id}; a local path that is no folder is named here,
+    before any model or data is loaded."""
+    teachers = parse_key_values(items, "--teachers")
+    for task, source in teachers.items():
+        problem = not_a_model_folder(source)
+        if problem:
+            raise FileNotFoundError(f"--teachers {task}={source}: {source} {problem}; give the folder of a saved "
+                                    "sentence-multitask model (or its Hub id).")
+    return teachers
 
 
 def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source: str) -> list[int]:
