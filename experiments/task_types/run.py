@@ -2,9 +2,10 @@
 TF-IDF + one-vs-rest logistic regression on the same training file, and against the same joint run without the
 multi-label task (what adding it costs the reference tasks).
 
-    python experiments/task_types/run.py [--epochs 1] [--rows 3000]
+    python experiments/task_types/run.py [--epochs 1] [--rows 3000] [--learning_rate 5e-5] [--head_learning_rate 1e-3]
+                                         [--emotion_weights]
 
-Writes results/results.json and results/results.md. Thresholds are reported three ways: 0.5 for every label; tuned
+Writes results/results.json (or --results). Thresholds are reported three ways: 0.5 for every label; tuned
 per label by 2-fold cross-fitting on the validation file (tuned on one half, scored on the other, both ways: the
 honest figure); tuned on the whole validation file (what training stores in the model; optimistic).
 """
@@ -81,12 +82,34 @@ def sample_file(name: str, rows: int, work: Path) -> Path:
     return path
 
 
-def train_run(out: Path, with_emotions: bool, epochs: float, rows: int) -> float:
+POLARITY = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
+
+
+def with_polarity(path: Path, work: Path) -> Path:
+    """A copy of a sentiment file whose rows also hold `polarity`, a regression target derived from the human label
+    (negative -1, neutral 0, positive 1): the shared data holds no real-valued target."""
+    rows = read(path)
+    target = work / f"polarity_{path.name}"
+    target.write_text("".join(json.dumps({**row, "polarity": POLARITY[row["label"]]}) + "\n" for row in rows),
+                      encoding="utf-8")
+    return target
+
+
+def reference_files(work: Path, rows: int | None = None) -> list[str]:
+    """topic and sentiment (+ its derived polarity) files: a training sample of `rows` rows, or the validation files."""
+    if rows is None:
+        topic, sentiment = DATA / "topic_validation.jsonl", DATA / "sentiment_validation.jsonl"
+    else:
+        topic, sentiment = sample_file("topic_train.jsonl", rows, work), sample_file("sentiment_train.jsonl", rows, work)
+    return [f"topic={topic}", f"sentiment,polarity={with_polarity(sentiment, work)}"]
+
+
+def train_run(out: Path, with_emotions: bool, epochs: float, rows: int, recipe: list[str]) -> float:
     from sentence_multitask import training
 
-    files = [f"topic={sample_file('topic_train.jsonl', rows, out.parent)}",
-             f"sentiment={sample_file('sentiment_train.jsonl', rows, out.parent)}"]
-    validation = [f"topic={DATA / 'topic_validation.jsonl'}", f"sentiment={DATA / 'sentiment_validation.jsonl'}"]
+    files, validation = reference_files(out.parent, rows), reference_files(out.parent)
+    if not with_emotions:  # its class weights too
+        recipe = [option for option in recipe if option not in ("--class_weights", "emotions=auto")]
     if with_emotions:
         files.append(f"emotions={DATA / 'goemotions_train.jsonl'}")
         validation.append(f"emotions={DATA / 'goemotions_validation.jsonl'}")
@@ -96,6 +119,7 @@ def train_run(out: Path, with_emotions: bool, epochs: float, rows: int) -> float
         "--num_train_epochs", str(epochs),
         "--output_dir", str(out), "--overwrite_model", "true", "--eval_strategy", "no", "--save_strategy", "no",
         "--report_to", "none", "--disable_tqdm", "true", "--seed", str(SEED), "--logging_steps", "50",
+        "--task_types", "polarity=regression", *recipe,
     ])
     return time.time() - started
 
@@ -105,31 +129,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--rows", type=int, default=3000, help="Training rows per topic / sentiment file (GoEmotions: "
                         "all 5,426 unless fewer).")
+    parser.add_argument("--learning_rate", type=float, default=5e-5, help="The encoder's learning rate.")
+    parser.add_argument("--head_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--emotion_weights", action="store_true",
+                        help="--class_weights emotions=auto: each label's pos_weight from the data.")
     parser.add_argument("--work", default="/tmp/task_types_runs")
+    parser.add_argument("--results", type=Path, default=HERE / "results" / "results.json",
+                        help="Where the figures go (JSON).")
     args = parser.parse_args()
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
+    recipe = ["--learning_rate", str(args.learning_rate), "--head_learning_rate", str(args.head_learning_rate)]
+    if args.emotion_weights:
+        recipe += ["--class_weights", "emotions=auto"]
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     train, validation = read(DATA / "goemotions_train.jsonl"), read(DATA / "goemotions_validation.jsonl")
     labels = sorted({label for row in train for label in row["emotions"]})
     results = {"settings": {"epochs": args.epochs, "rows_per_reference_file": args.rows, "max_length": 64,
-                            "encoder": "all-MiniLM-L6-v2", "seed": SEED}}
+                            "encoder": "all-MiniLM-L6-v2", "seed": SEED, "train_options": recipe}}
     results["tfidf_ovr_logreg"] = tfidf_baseline(train, validation, labels)
     print("TF-IDF:", json.dumps(results["tfidf_ovr_logreg"]["tuned_crossfit"]), flush=True)
-    (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
 
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.evaluation import evaluate_model
 
-    reference_data = [f"topic={DATA / 'topic_validation.jsonl'}", f"sentiment={DATA / 'sentiment_validation.jsonl'}"]
+    reference_data = reference_files(Path(args.work))
     for name, with_emotions in (("joint_with_emotions", True), ("joint_without_emotions", False)):
         out = Path(args.work) / name
         out.parent.mkdir(parents=True, exist_ok=True)
-        seconds = train_run(out, with_emotions, args.epochs, args.rows)
+        seconds = train_run(out, with_emotions, args.epochs, args.rows, recipe)
         model = SentenceMultiTaskModel.from_pretrained(out)
         report = evaluate_model(model, reference_data)
         run = {"training_seconds": round(seconds),
                **{f"{task}_{metric}": report["tasks"][task][metric] for task in ("topic", "sentiment")
-                  for metric in ("accuracy", "macro_f1", "macro_recall")}}
+                  for metric in ("accuracy", "macro_f1", "macro_recall")},
+               "polarity": {metric: report["tasks"]["polarity"][metric]
+                            for metric in ("mse", "mae", "pearson", "spearman")}}
         if with_emotions:
             probabilities = model.predict_proba([row["text"] for row in validation], batch_size=64)["emotions"].numpy()
             order = model.config.tasks["emotions"]
@@ -137,7 +171,7 @@ def main() -> None:
             run["emotions"]["labels"] = order
         results[name] = run
         print(name, json.dumps({k: v for k, v in run.items() if k != "emotions"}), flush=True)
-        (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 
