@@ -152,6 +152,7 @@ def main() -> None:
     from sentence_multitask import SentenceMultiTaskModel
     from sentence_multitask.evaluation import evaluate_model
 
+    Path(args.work).mkdir(parents=True, exist_ok=True)
     reference_data = reference_files(Path(args.work))
     for name, with_emotions in (("joint_with_emotions", True), ("joint_without_emotions", False)):
         out = Path(args.work) / name
