@@ -8,11 +8,12 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrategy
 
 from .command_help import TRAIN_EXAMPLE, HelpFormatter, group_train_options
 from .configuration_sentence_multitask import POOLING_MODES, SentenceMultiTaskConfig
@@ -23,6 +24,11 @@ DEFAULT_MAX_LENGTH = 128  # --max_length of a new model
 TRAINING_MODES = ("joint", "sequential")
 TEACHER_ANNEALING_MODES = ("linear", "constant")
 LOSS_BALANCING_MODES = ("static", "uncertainty")
+
+
+def _values(strategies) -> tuple[str, ...]:
+    """The values of one of the Trainer's strategy enums: the choices of the option that takes them."""
+    return tuple(strategy.value for strategy in strategies)
 
 
 @dataclass
@@ -199,7 +205,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         metadata={"help": "With --push_to_hub: end (default: one commit of the final model, code and card), "
                           "every_save (also each checkpoint's model, code and card while training), checkpoint or "
                           "all_checkpoints (every_save plus the resumable checkpoint in last-checkpoint/ or "
-                          "checkpoint-N/).", "choices": ("end", "every_save", "checkpoint", "all_checkpoints")},
+                          "checkpoint-N/).", "choices": _values(HubStrategy)},
     )
     push_to_hub: bool = field(default=False, metadata={
         "help": "Publish the model (weights, code, tokenizer, card) to --hub_model_id; when: --hub_strategy."})
@@ -212,9 +218,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Batch size per device for evaluation."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps for linear warm-up."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate the validation files.",
-                                                          "choices": ("no", "steps", "epoch")})
+                                                          "choices": _values(IntervalStrategy)})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint.",
-                                                          "choices": ("no", "steps", "epoch", "best")})
+                                                          "choices": _values(SaveStrategy)})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: labels live in own columns."})
@@ -297,8 +303,10 @@ def resume_option(value: Any) -> str | None:
     return text
 
 
-# Option names of earlier releases, still read from JSON option files (on the command line they are aliases).
-RENAMED_OPTIONS = {"model_name_or_path": "model", "push_to_hub_private": "hub_private_repo"}
+# Option names of earlier releases (the `aliases` of the fields), also read from JSON option files.
+RENAMED_OPTIONS = {alias.removeprefix("--"): option.name
+                   for arguments in (ModelArguments, DataArguments, MultiTaskTrainingArguments)
+                   for option in fields(arguments) for alias in option.metadata.get("aliases", ())}
 
 
 def train_parser(show_all: bool = False) -> HfArgumentParser:
