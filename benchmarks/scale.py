@@ -13,10 +13,11 @@ Measures, each written to benchmarks/results/scale.json and scale.md with the ma
 3. resume: a streaming run SIGKILLed at a random point after its first part, resumed with --resume, compared row
    for row with an uninterrupted run (tiny model).
 4. ray: `--engine ray` on a local Ray of 2 CPUs (one actor: Ray Data needs a CPU slot to read and write) against
-   in-process predict (real model).
-5. server: `sentence-multitask serve` (tiny model) under 32 concurrent clients sending 2,000 requests of 1-16
-   texts: failed requests, p50 / p99 latency, texts/s against in-process predict; then bad requests, each to be
-   answered 4xx with a JSON body, the server healthy after each.
+   in-process predict (real model), on two input sizes in one Ray session: the end-to-end rate and the marginal one.
+5. server: `sentence-multitask serve` (real model) under 32 concurrent clients (threads of this process, on the same
+   CPUs) sending 2,000 requests of 1-16 texts: failed requests, p50 / p99 latency, texts/s against in-process predict;
+   then bad requests, each to be answered 4xx with a JSON body, the server healthy after each. Then the same load on
+   the tiny model, where the forward pass is almost free: what HTTP, JSON and batching cost.
 """
 
 from __future__ import annotations
@@ -176,38 +177,54 @@ def measure_resume(tiny: str, folder: Path, count: int, seed: int) -> dict:
     return result
 
 
+RAY_RUN = """
+import ray, sys, time
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from sentence_multitask.cli import main
+arguments, runs = sys.argv[1:-2], sys.argv[-2:]
+for run in runs:  # each run starts its own actor pool and loads the model in it
+    source, output = run.split("=")
+    start = time.perf_counter()
+    main([*arguments, "--input", source, "--output", output])
+    print("SECONDS", time.perf_counter() - start, flush=True)
+"""
+
+
 def measure_ray(real: str, folder: Path, count: int) -> dict:
+    """`--engine ray` on `count` and on 3 x `count` texts in one Ray session: its end-to-end rate on the larger run
+    (actor start and model load included) and its marginal rate (the extra texts over the extra seconds, the rate once
+    the actor runs), against in-process predict on the larger set."""
     import pyarrow.parquet as pq
 
     from sentence_multitask import SentenceMultiTaskModel
 
-    texts = real_texts(count)
-    source = folder / "ray.parquet"
-    write_parquet(source, texts)
+    sizes = {"small": count, "large": 3 * count}
+    texts = real_texts(sizes["large"])
+    for name, size in sizes.items():
+        write_parquet(folder / f"ray-{name}.parquet", texts[:size])
     model = SentenceMultiTaskModel.from_pretrained(real).eval()
     model.predict(texts[:256], show_progress_bar=False)
     start = time.perf_counter()
     expected = model.predict(texts, show_progress_bar=False)
     in_process = time.perf_counter() - start
     del model
-    command = [sys.executable, "-c",
-               "import ray, sys; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False); "
-               "from sentence_multitask.cli import main; import time; t = time.perf_counter(); "
-               "main(sys.argv[1:]); print('SECONDS', time.perf_counter() - t)",
-               "predict", "--model", real, "--input", str(source), "--output", str(folder / "ray-out"), "--engine",
-               "ray", "--actors", "1", *THREADS, "--keep_columns", "id", "--chunk_size", "500",
-               "--device", "cpu"]
+    command = [sys.executable, "-c", RAY_RUN, "predict", "--model", real, "--engine", "ray", "--actors", "1",
+               *THREADS, "--keep_columns", "id", "--chunk_size", "500", "--device", "cpu",
+               *(f"{folder / f'ray-{name}.parquet'}={folder / f'ray-{name}-out'}" for name in sizes)]
     start = time.perf_counter()
     completed = subprocess.run(command, env=env(), capture_output=True, text=True, check=False)
     total = time.perf_counter() - start
     if completed.returncode:
         raise RuntimeError(completed.stderr[-3000:])
-    seconds = float(completed.stdout.split("SECONDS")[-1])
-    table = pq.read_table(folder / "ray-out")
+    small, large = (float(line.split()[1]) for line in completed.stdout.splitlines() if line.startswith("SECONDS"))
+    table = pq.read_table(folder / "ray-large-out")
     same = table.column("topic_label").to_pylist() == [row["topic"]["label"] for row in expected] and \
-        table.column("id").to_pylist() == list(range(count))
-    result = {"texts": count, "in_process_texts_per_s": round(count / in_process, 1),
-              "ray_texts_per_s": round(count / seconds, 1), "ray_run_seconds_with_actor_start": round(seconds, 1),
+        table.column("id").to_pylist() == list(range(len(texts)))
+    marginal = (sizes["large"] - sizes["small"]) / (large - small)
+    result = {"texts": sizes, "in_process_texts_per_s": round(len(texts) / in_process, 1),
+              "ray_texts_per_s": round(len(texts) / large, 1), "ray_marginal_texts_per_s": round(marginal, 1),
+              "ray_fixed_seconds": round(large - sizes["large"] / marginal, 1),
+              "ray_run_seconds": {"small": round(small, 1), "large": round(large, 1)},
               "process_seconds_with_ray_start": round(total, 1), "same_labels_in_order": same}
     print(f"ray: {result}", flush=True)
     return result
@@ -229,7 +246,7 @@ BAD_REQUESTS = [  # (method, path, raw body or None, expected status)
 ]
 
 
-def measure_server(tiny: str, requests: int, clients: int) -> dict:
+def measure_server(model_dir: str, requests: int, clients: int, bad_requests: bool = True) -> dict:
     import httpx
 
     from sentence_multitask import SentenceMultiTaskModel
@@ -237,7 +254,7 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([*cli(), "serve", "--model", tiny, "--port", str(port), "--device", "cpu", *THREADS],
+    server = subprocess.Popen([*cli(), "serve", "--model", model_dir, "--port", str(port), "--device", "cpu", *THREADS],
                               env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -266,7 +283,7 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
                     failures += not ok
             seconds = time.perf_counter() - start
             bad = []
-            for method, path, body, status in BAD_REQUESTS:
+            for method, path, body, status in BAD_REQUESTS if bad_requests else ():
                 response = client.request(method, path, content=body, headers={"content-type": "application/json"})
                 try:
                     has_json_error = "error" in response.json()
@@ -276,7 +293,7 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
                             "status": response.status_code, "expected": status, "json_error": has_json_error,
                             "healthy_after": client.get("/health").status_code == 200})
         texts = [text for body in bodies for text in body]
-        model = SentenceMultiTaskModel.from_pretrained(tiny).eval()
+        model = SentenceMultiTaskModel.from_pretrained(model_dir).eval()
         model.predict(texts[:256], show_progress_bar=False)
         begin = time.perf_counter()
         model.predict(texts, batch_size=64, show_progress_bar=False)
@@ -290,15 +307,18 @@ def measure_server(tiny: str, requests: int, clients: int) -> dict:
               "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
               "server_texts_per_s": round(len(texts) / seconds, 1),
               "in_process_texts_per_s": round(len(texts) / in_process, 1),
-              "bad_requests": bad, "bad_requests_all_4xx_json_healthy": all(
-                  b["status"] == b["expected"] and b["json_error"] and b["healthy_after"] for b in bad)}
+              "server_over_in_process": round(in_process / seconds, 3)}
+    if bad_requests:
+        result["bad_requests"] = bad
+        result["bad_requests_all_4xx_json_healthy"] = all(
+            b["status"] == b["expected"] and b["json_error"] and b["healthy_after"] for b in bad)
     print(f"server: {({k: v for k, v in result.items() if k != 'bad_requests'})}", flush=True)
     return result
 
 
 def write_markdown(report: dict, path: Path) -> None:
     m, r = report["machine"], report["results"]
-    memory, speed, resume, ray, server = (r.get(k) for k in ("memory", "speed", "resume", "ray", "server"))
+    memory, speed, resume, ray = (r.get(k) for k in ("memory", "speed", "resume", "ray"))
     lines = ["# Predict and embed at scale", "", f"Written by `{report['command']}` (the measures are described in "
              "its docstring). Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads. "
              f"Every run uses {report['threads']} torch thread(s).", ""]
@@ -318,20 +338,30 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"output identical to an uninterrupted run: **{resume['identical']}** "
                   f"({resume['rows_resumed']:,} rows, ids in order: {resume['ids_in_order']}).", ""]
     if ray:
-        lines += [f"## Ray Data on a local Ray of 2 CPUs, one actor (real model, {ray['texts']:,} texts)", "",
-                  f"- in-process predict: {ray['in_process_texts_per_s']} texts/s",
-                  f"- `--engine ray`: {ray['ray_texts_per_s']} texts/s (including actor start and model loads; "
-                  f"{ray['process_seconds_with_ray_start']} s with Ray's own start)",
+        small, large = ray["texts"]["small"], ray["texts"]["large"]
+        lines += [f"## Ray Data on a local Ray of 2 CPUs, one actor (real model, runs of {small:,} and {large:,} "
+                  "texts in one Ray session)", "",
+                  f"- in-process predict: {ray['in_process_texts_per_s']} texts/s ({large:,} texts)",
+                  f"- `--engine ray`, marginal rate (extra texts over extra seconds of the two runs): "
+                  f"{ray['ray_marginal_texts_per_s']} texts/s",
+                  f"- `--engine ray`, end to end on {large:,} texts: {ray['ray_texts_per_s']} texts/s; fixed cost of "
+                  f"a run (actor start, model load, Ray Data planning) {ray['ray_fixed_seconds']} s; "
+                  f"{ray['process_seconds_with_ray_start']} s for both runs with Ray's own start",
                   f"- same labels, in input order: {ray['same_labels_in_order']}", ""]
-    if server:
-        lines += [f"## HTTP server (tiny model, {server['clients']} concurrent clients, {server['requests']:,} "
-                  f"requests of 1-16 texts, {server['texts']:,} texts, loopback)", "",
+    for key, model_name in (("server", "real model"), ("server_tiny", "tiny model: HTTP and batching overhead")):
+        server = r.get(key)
+        if not server:
+            continue
+        lines += [f"## HTTP server ({model_name}; {server['clients']} concurrent clients on the same 2 CPUs, "
+                  f"{server['requests']:,} requests of 1-16 texts, {server['texts']:,} texts, loopback)", "",
                   f"- failed requests: {server['failed']}",
                   f"- latency p50 {server['p50_ms']} ms, p99 {server['p99_ms']} ms",
                   f"- server {server['server_texts_per_s']} texts/s; in-process predict (batch 64) "
-                  f"{server['in_process_texts_per_s']} texts/s",
-                  f"- {len(server['bad_requests'])} bad requests, each answered with the expected 4xx and a JSON "
-                  f"body, server healthy after each: {server['bad_requests_all_4xx_json_healthy']}", ""]
+                  f"{server['in_process_texts_per_s']} texts/s: **{server.get('server_over_in_process', '?')}** of it"]
+        if "bad_requests" in server:
+            lines += [f"- {len(server['bad_requests'])} bad requests, each answered with the expected 4xx and a JSON "
+                      f"body, server healthy after each: {server['bad_requests_all_4xx_json_healthy']}"]
+        lines += [""]
     lines += [f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, shared with other work. Date and load average "
               "(1 min, before and after) of each measure:"]
     lines += [f"  - {name}: {value.get('date', report['date'])}, load {value.get('load_average', '?')}"
@@ -372,7 +402,8 @@ def main() -> None:
         if "ray" in only:
             results["ray"] = measure_ray(real, folder, args.ray_texts)
         if "server" in only:
-            results["server"] = measure_server(tiny, args.requests, args.clients)
+            results["server"] = measure_server(real, args.requests, args.clients)
+            results["server_tiny"] = measure_server(tiny, args.requests, args.clients, bad_requests=False)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

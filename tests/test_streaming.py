@@ -36,8 +36,8 @@ def write_input(folder, kind: str) -> str:
     elif kind in ("csv", "tsv", "parquet"):
         path = folder / f"texts.{kind}"
         table = pa.table({"id": ids, "text": TEXTS})
-        if kind == "parquet":
-            pq.write_table(table, path)
+        if kind == "parquet":  # several row groups, which chunks of 10 rows straddle
+            pq.write_table(table, path, row_group_size=4)
         else:
             import pyarrow.csv
 
@@ -119,6 +119,16 @@ def test_output_formats_all_scores_and_embeddings(saved, tiny_reference_model, e
     column = pyarrow.csv.read_csv(tmp_path / "emb.csv").column("embedding")
     written = np.array([json.loads(value) for value in column.to_pylist()])
     assert np.abs(written - tiny_reference_model.encode(TEXTS, normalize=False)).max() < 1e-6
+
+
+def test_parquet_is_read_one_row_group_at_a_time(tmp_path):
+    """One shard per row group: a scan over a whole file reads ahead, and its memory grows with the file."""
+    from sentence_multitask.streaming import load_input
+
+    source = write_input(tmp_path, "parquet")
+    dataset, total = load_input(source)
+    assert total == len(TEXTS) and dataset.num_shards == pq.ParquetFile(source).num_row_groups == 6
+    assert [row["id"] for row in dataset] == list(range(100, 100 + len(TEXTS)))
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_output(saved, tmp_path, capsys, monkeypatch):

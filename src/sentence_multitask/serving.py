@@ -195,7 +195,8 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
         except (TypeError, ValueError) as error:
             raise HTTPException(422, str(error).replace("texts[", "inputs[")) from None
         outputs = await state["batcher"].submit(kind, options, texts) if texts else []
-        return outputs[0] if isinstance(inputs, str) else outputs
+        # Plain lists, dicts, strings and floats: serialised as they are, without FastAPI's per-value encoder.
+        return JSONResponse(outputs[0] if isinstance(inputs, str) else outputs)
 
     @app.post("/predict")
     async def predict(request: PredictRequest):

@@ -161,6 +161,9 @@ def load_input(path: str, text_column: str = "text"):
         import pyarrow.parquet as pq
 
         total = sum(pq.ParquetFile(file).metadata.num_rows for file in files)
+        # One shard per row group: a scan over a whole file reads ahead of a slow consumer, and its memory grows
+        # with the file (+170 MiB on 1,000,000 rows); a row group's scan cannot.
+        dataset = dataset.reshard()
     return dataset, total
 
 
