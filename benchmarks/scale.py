@@ -185,7 +185,8 @@ arguments, runs = sys.argv[1:-2], sys.argv[-2:]
 for run in runs:  # each run starts its own actor pool and loads the model in it
     source, output = run.split("=")
     start = time.perf_counter()
-    main([*arguments, "--input", source, "--output", output])
+    if main([*arguments, "--input", source, "--output", output]):
+        sys.exit(f"the run into {output} failed")
     print("SECONDS", time.perf_counter() - start, flush=True)
 """
 

@@ -256,9 +256,11 @@ class Experiment:
         searched = {**options, "hp_search": 2 if self.smoke else SEARCH_TRIALS, "num_train_epochs": SEARCH_MAX_EPOCHS,
                     "max_train_samples": 40 if self.smoke else SEARCH_ROWS}
         self.train(name, searched)
-        trials = json.loads((self.out / "runs" / name / "model" / "hp_search.json").read_text())
-        self.results["runs"][name]["search"] = trials
-        self.save()
+        if "search" not in self.results["runs"][name]:
+            trials = json.loads((self.out / "runs" / name / "model" / "hp_search.json").read_text())
+            self.results["runs"][name]["search"] = trials
+            self.save()
+        trials = self.results["runs"][name]["search"]
         best, weights = dict(trials["best"]["params"]), []
         for key in [key for key in best if key.startswith("task_weight_")]:
             weights.append(f"{key.removeprefix('task_weight_')}={best.pop(key):.4g}")
@@ -266,7 +268,8 @@ class Experiment:
 
     def tuned(self) -> None:
         """The main table's three fine-tuned models, each trained with the best of the same search budget: single-task
-        topic, single-task sentiment, and the multi-task model distilled from the two tuned single-task models."""
+        topic, single-task sentiment, and the multi-task model, searched and trained with the best single-task models
+        on validation as its teachers (the main table's, which beat the tuned ones)."""
         self.distilled()  # the untuned teachers the multi-task search distils from
         runs, files = self.out / "runs", self.files
         single = {task: {"tasks": [task], "train_files": [f"{task}={files[f'{task}_train']}"],
@@ -276,10 +279,9 @@ class Experiment:
             self.train(f"tuned_single_{task}", {**single[task], **best})
         both = {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
                 "validation_files": self.validation("topic", "sentiment")}
-        teachers = {name: [f"{task}={runs / f'{name}_{task}' / 'model'}" for task in TASKS]
-                    for name in ("single", "tuned_single")}
-        best = self.search("search_multitask", {**both, "teachers": teachers["single"]})
-        self.train("tuned_multitask", {**both, **best, "teachers": teachers["tuned_single"]})
+        teachers = [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]
+        best = self.search("search_multitask", {**both, "teachers": teachers})
+        self.train("tuned_multitask", {**both, **best, "teachers": teachers})
 
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
