@@ -42,9 +42,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert "encoder" not in options  # the topic model's own encoder
     top = results["runs"]["limited_sequential_top_0.01"]
     assert set(top["metrics"]) == {"topic", "sentiment"}  # the topic head measured after the top layers trained
-    # The tuned multi-task run distils from the tuned single-task runs, with the search's best options.
+    # The tuned multi-task run distils from the main table's single-task runs, with the search's best options.
     tuned = json.loads((tmp_path / "runs" / "tuned_multitask" / "options.json").read_text())
-    assert tuned["teachers"] == ["topic=runs/tuned_single_topic/model", "sentiment=runs/tuned_single_sentiment/model"]
+    assert tuned["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment/model"]
     search = results["runs"]["search_multitask"]["search"]
     assert len(search["trials"]) == 2 and tuned["learning_rate"] == search["best"]["params"]["learning_rate"]
     assert json.loads((tmp_path / "runs" / "multitask" / "options.json").read_text())["encoder"] == tiny_encoder

@@ -11,12 +11,11 @@ MAIN_ROWS = [
     ("frozen_minilm_logreg", "frozen all-MiniLM-L6-v2 + logistic regression, per task"),
     ("single_topic", "fine-tuned single-task model: topic"),
     ("single_sentiment", "fine-tuned single-task model: sentiment"),
-    ("multitask", "**multi-task model (one encoder, both heads, one forward pass)**"),
+    ("multitask", "multi-task model (one encoder, both heads, one forward pass)"),
     ("multitask_distilled", "multi-task model distilled from the two single-task models (teacher annealing)"),
     ("tuned_single_topic", "fine-tuned single-task model: topic, best of the recipe search"),
     ("tuned_single_sentiment", "fine-tuned single-task model: sentiment, best of the recipe search"),
-    ("tuned_multitask", "multi-task model, best of the recipe search, distilled from the two searched single-task "
-                        "models"),
+    ("tuned_multitask", "**multi-task model, best of the recipe search, distilled from the two single-task models**"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
