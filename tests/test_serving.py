@@ -28,7 +28,8 @@ def server(tiny_reference_model):
     with socket.socket() as probe:  # a free port on the loopback interface
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(tiny_reference_model, max_batch_texts=MAX_TEXTS, max_text_chars=MAX_CHARS, batch_size=64, max_wait_ms=20)
+    app = create_app(tiny_reference_model, max_batch_texts=MAX_TEXTS, max_text_chars=MAX_CHARS, batch_size=4,
+                     gather_texts=64, max_wait_ms=20)
     instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -82,6 +83,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(server, tiny_ref
         for row, text in zip(answer.json(), batch):
             same_predictions(row, expected[texts.index(text)])
     assert sum(calls) == sum(map(len, requests)) and len(calls) < len(requests), calls  # requests shared passes
+    assert max(calls) > 4  # a gathering is not cut at --batch_size: predict sorts it into passes of that size
 
 
 BAD_REQUESTS = [  # (method, path, body: JSON-able or raw bytes, status, words of the error)
@@ -143,4 +145,5 @@ def test_serve_command_passes_its_options(monkeypatch, capsys):
     status, _, err = run_cli(["serve", "--model", "some/model", "--port", "9001", "--max_batch_texts", "4"], capsys)
     assert status == 0, err
     assert seen["model"] == "some/model" and seen["port"] == 9001 and seen["max_batch_texts"] == 4
+    assert seen["batch_size"] == 64 and seen["gather_texts"] == 256
     assert seen["host"] == "127.0.0.1" and seen["backend"] == "torch"

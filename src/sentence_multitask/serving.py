@@ -2,8 +2,10 @@
 `pip install 'sentence-multitask[serve]'`).
 
 Bodies follow the Inference Endpoints convention, `{"inputs": str | [str], "parameters": {...}}`. Requests from many
-clients are gathered into batches: the first request of a batch waits up to `max_wait_ms` for others (or until
-`batch_size` texts are in), then one forward pass runs in a worker thread and each request gets its own rows. Bad
+clients are gathered: the first request of a gathering waits up to `max_wait_ms` for others (or until `gather_texts`
+texts are in), then one `predict` / `encode` call runs in a worker thread, which sorts the texts by length and runs
+them in forward passes of `batch_size`, and each request gets its own rows. While a call runs, the next requests
+queue up, so under load each call gets a full gathering. Bad
 requests get a 4xx answer with a JSON body `{"error": ...}`; a failing request never stops the server.
 """
 
@@ -61,11 +63,11 @@ class _Pending:
 
 @dataclass
 class Batcher:
-    """Gathers the texts of concurrent requests into one `run(kind, options, texts)` call in a worker thread; requests
-    with other options in the same gathering run as their own call."""
+    """Gathers the texts of concurrent requests, up to `gather_texts`, into one `run(kind, options, texts)` call in a
+    worker thread; requests with other options in the same gathering run as their own call."""
 
     run: Callable[[str, tuple, list[str]], list]
-    batch_size: int = 64
+    gather_texts: int = 256
     max_wait: float = 0.005
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="forward"))
@@ -81,7 +83,7 @@ class Batcher:
         while True:
             batch = [await self.queue.get()]
             count, deadline = len(batch[0].texts), loop.time() + self.max_wait
-            while count < self.batch_size:
+            while count < self.gather_texts:
                 if self.queue.empty():
                     if loop.time() >= deadline:
                         break
@@ -144,7 +146,7 @@ def check_limits(texts: list[str], max_batch_texts: int, max_text_chars: int) ->
 
 
 def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_000, batch_size: int = 64,
-               max_wait_ms: float = 5.0, **load_options: Any) -> FastAPI:
+               gather_texts: int = 256, max_wait_ms: float = 5.0, **load_options: Any) -> FastAPI:
     """
     The FastAPI app serving `model`: a loaded model, or a saved folder / Hub id loaded once when the app starts
     (with `load_options` of `loading.load_model`: backend, device, precision, threads).
@@ -171,7 +173,7 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
             state["model"] = await asyncio.to_thread(load_model, model, **load_options)
         else:
             state["model"] = model
-        batcher = Batcher(run, batch_size=batch_size, max_wait=max_wait_ms / 1000)
+        batcher = Batcher(run, gather_texts=gather_texts, max_wait=max_wait_ms / 1000)
         state["batcher"], state["task"] = batcher, asyncio.create_task(batcher.serve_forever())
         yield
         state["task"].cancel()
@@ -223,7 +225,7 @@ def create_app(model, *, max_batch_texts: int = 256, max_text_chars: int = 20_00
         return {"model": getattr(config, "name_or_path", None) or str(model), "tasks": dict(config.tasks),
                 "hidden_size": config.hidden_size, "max_length": config.max_length,
                 "limits": {"max_batch_texts": max_batch_texts, "max_text_chars": max_text_chars},
-                "batch_size": batch_size, "max_wait_ms": max_wait_ms}
+                "batch_size": batch_size, "gather_texts": gather_texts, "max_wait_ms": max_wait_ms}
 
     return app
 
