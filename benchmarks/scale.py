@@ -79,15 +79,27 @@ def env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+PEAK_RSS_RUN = """
+import sys
+from sentence_multitask.cli import main
+status = main(sys.argv[1:])
+with open("/proc/self/status") as handle:
+    print("VmHWM", next(line.split()[1] for line in handle if line.startswith("VmHWM")), file=sys.stderr)
+sys.exit(status)
+"""
+
+
 def peak_rss_run(arguments: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of a fresh process running `arguments`."""
+    """(seconds, peak RSS in MiB) of `sentence-multitask ARGUMENTS` in a fresh process. The peak is the process's own
+    VmHWM: its rusage maxrss would also count the parent, whose memory the child shares until it starts the program."""
     start = time.perf_counter()
-    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(arguments)} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    completed = subprocess.run([sys.executable, "-c", PEAK_RSS_RUN, *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=env(), check=False)
+    seconds = time.perf_counter() - start
+    if completed.returncode:
+        raise RuntimeError(f"{' '.join(arguments)} failed:\n{completed.stderr[-3000:]}")
+    peak = next(line.split()[1] for line in reversed(completed.stderr.splitlines()) if line.startswith("VmHWM"))
+    return seconds, int(peak) / 1024
 
 
 def build_models(folder: Path) -> tuple[str, str]:
@@ -114,7 +126,7 @@ def measure_memory(tiny: str, folder: Path, rows: int) -> dict:
     for count in (10_000, rows):
         source = folder / f"memory-{count}.parquet"
         write_parquet(source, generated_texts(count, seed=count))
-        seconds, rss = peak_rss_run([*cli(), "predict", "--model", tiny, "--input", str(source), "--output",
+        seconds, rss = peak_rss_run(["predict", "--model", tiny, "--input", str(source), "--output",
                                      str(folder / f"memory-{count}-out.parquet"), "--keep_columns", "id",
                                      "--device", "cpu", *THREADS])
         results[str(count)] = {"rows": count, "seconds": round(seconds, 1), "peak_rss_mib": round(rss),
@@ -219,14 +231,17 @@ def measure_ray(real: str, folder: Path, count: int) -> dict:
         raise RuntimeError(completed.stderr[-3000:])
     small, large = (float(line.split()[1]) for line in completed.stdout.splitlines() if line.startswith("SECONDS"))
     table = pq.read_table(folder / "ray-large-out")
-    same = table.column("topic_label").to_pylist() == [row["topic"]["label"] for row in expected] and \
-        table.column("id").to_pylist() == list(range(len(texts)))
+    ids, labels = table.column("id").to_pylist(), table.column("topic_label").to_pylist()
+    by_id = dict(zip(ids, labels))
+    mismatches = sum(by_id.get(index) != row["topic"]["label"] for index, row in enumerate(expected))
     marginal = (sizes["large"] - sizes["small"]) / (large - small)
     result = {"texts": sizes, "in_process_texts_per_s": round(len(texts) / in_process, 1),
               "ray_texts_per_s": round(len(texts) / large, 1), "ray_marginal_texts_per_s": round(marginal, 1),
               "ray_fixed_seconds": round(large - sizes["large"] / marginal, 1),
               "ray_run_seconds": {"small": round(small, 1), "large": round(large, 1)},
-              "process_seconds_with_ray_start": round(total, 1), "same_labels_in_order": same}
+              "process_seconds_with_ray_start": round(total, 1), "rows": len(ids),
+              "ids_in_order": ids == list(range(len(texts))), "label_mismatches": mismatches,
+              "output_files": sorted(os.listdir(folder / "ray-large-out"))}
     print(f"ray: {result}", flush=True)
     return result
 
@@ -348,7 +363,8 @@ def write_markdown(report: dict, path: Path) -> None:
                   f"- `--engine ray`, end to end on {large:,} texts: {ray['ray_texts_per_s']} texts/s; fixed cost of "
                   f"a run (actor start, model load, Ray Data planning) {ray['ray_fixed_seconds']} s; "
                   f"{ray['process_seconds_with_ray_start']} s for both runs with Ray's own start",
-                  f"- same labels, in input order: {ray['same_labels_in_order']}", ""]
+                  f"- rows {ray['rows']:,}, ids in input order: {ray['ids_in_order']}; topic labels that differ "
+                  f"from in-process predict: {ray['label_mismatches']}", ""]
     for key, model_name in (("server", "real model"), ("server_tiny", "tiny model: HTTP and batching overhead")):
         server = r.get(key)
         if not server:
