@@ -238,8 +238,7 @@ def cmd_serve(args) -> int:
 
     serve(args.model, host=args.host, port=args.port, max_batch_texts=args.max_batch_texts,
           max_text_chars=args.max_text_chars, batch_size=args.batch_size, gather_texts=args.gather_texts,
-          max_wait_ms=args.max_wait_ms,
-          **model_options(args))
+          max_wait_ms=args.max_wait_ms, **model_options(args))
     return 0
 
 
@@ -429,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max_text_chars", "--max-text-chars", type=positive_int, default=20_000,
                      help="Most characters in one text.")
     sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=64, help="Texts per forward pass.")
-    sub.add_argument("--gather_texts", type=positive_int, default=256,
+    sub.add_argument("--gather_texts", "--gather-texts", type=positive_int, default=256,
                      help="Most texts gathered from concurrent requests into one call, which sorts them by length "
                           "into forward passes of --batch_size.")
     sub.add_argument("--max_wait_ms", "--max-wait-ms", type=float, default=5.0,

@@ -5,8 +5,8 @@ Bodies follow the Inference Endpoints convention, `{"inputs": str | [str], "para
 clients are gathered: the first request of a gathering waits up to `max_wait_ms` for others (or until `gather_texts`
 texts are in), then one `predict` / `encode` call runs in a worker thread, which sorts the texts by length and runs
 them in forward passes of `batch_size`, and each request gets its own rows. While a call runs, the next requests
-queue up, so under load each call gets a full gathering. Bad
-requests get a 4xx answer with a JSON body `{"error": ...}`; a failing request never stops the server.
+queue up, so under load each call gets a full gathering. Bad requests get a 4xx answer with a JSON body
+`{"error": ...}`; a failing request never stops the server.
 """
 
 from __future__ import annotations
