@@ -171,7 +171,7 @@ def test_evaluate_splits_delimited_label_strings(mixed_model, tmp_path, capsys):
 
 def test_torchrun_trains_all_three_types_in_two_processes(mixed_data, tiny_encoder, tmp_path):
     out, logs = tmp_path / "ddp", tmp_path / "logs"
-    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--log-dir", str(logs),
+    command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs),
                "--redirects", "3", "-m", "sentence_multitask.cli", "train",
                *tiny_args(tiny_encoder, out, "--train_files", str(mixed_data / "train.jsonl"), "--validation_files",
                           str(mixed_data / "validation.jsonl"), "--tasks", "topic", "emotions", "score",

@@ -889,7 +889,7 @@ def test_torchrun_two_process_training(tmp_path, data_dir, tiny_encoder_without_
 
     logs, out = tmp_path / "logs", tmp_path / "ddp"
     command = [
-        str(BIN / "torchrun"), "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
+        str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3",
         "-m", "sentence_multitask.cli", "train",
         *tiny_args(encoder, out, "--train_files", str(data_dir / "both.jsonl"), *ONE_STEP,
                    "--per_device_train_batch_size", "24", "--validation_files", str(data_dir / "both_val.jsonl"),

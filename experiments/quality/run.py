@@ -315,12 +315,14 @@ class Experiment:
 
     def limited_data(self) -> None:
         """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder); at 1
-        and 5 %, also the strategies of NEW_STRATEGY_FRACTIONS (distilled, up-sampled, sequential with top layers)."""
+        and 5 %, also the strategies of NEW_STRATEGY_FRACTIONS (distilled, up-sampled, sequential with top layers). The
+        smoke run trains 1 % (all methods) and 100 % only."""
         files = self.files
         topic_model = self.out / "runs" / "single_topic" / "model"
         if "single_topic" not in self.results["runs"]:
             self.main_table()
-        for fraction in FRACTIONS:
+        fractions, new_fractions = ((0.01, 1.0), (0.01,)) if self.smoke else (FRACTIONS, NEW_STRATEGY_FRACTIONS)
+        for fraction in fractions:
             subset = files[f"sentiment_train_{fraction}"]
             key = f"sentiment_train_{fraction}"
             if fraction == 1.0:
@@ -336,7 +338,7 @@ class Experiment:
                 "model": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
                 "labels": ["sentiment=negative,neutral,positive"], "train_files": [f"sentiment={subset}"],
                 "validation_files": self.validation("sentiment"), "_rows": [key]})
-            if fraction in NEW_STRATEGY_FRACTIONS:
+            if fraction in new_fractions:
                 self.limited_strategies(fraction)
         self.save()
 
