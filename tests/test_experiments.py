@@ -26,7 +26,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  for fraction in ("0.01", "1.0")}  # the smoke run's fractions
     expected |= {f"limited_{method}_0.01" for method in ("distilled", "upsampled", "sequential_top")}
     expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
-                 "tuned_single_sentiment", "tuned_multitask"}
+                 "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):

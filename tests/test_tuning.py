@@ -56,3 +56,30 @@ def test_the_search_needs_validation_data(tmp_path, tiny_encoder):
              "sentiment": write_rows(tmp_path / "sentiment.jsonl", 8, 2, ("sentiment",))}
     with pytest.raises(ValueError, match="--hp_search scores each trial on validation data"):
         training.main(run_args(tiny_encoder, tmp_path / "model", files, "--hp_search", "2"))
+
+
+def test_a_trial_can_choose_learned_task_weights(tmp_path, tiny_encoder, monkeypatch):
+    """The Trainer sets a trial's options after it is built: the learned weights (--loss_balancing uncertainty) are
+    made when training starts, so that each trial that draws them trains with them, and only those."""
+    pytest.importorskip("optuna")
+    from sentence_multitask import trainer
+
+    made = []
+    original = trainer.UncertaintyWeighting.__init__
+
+    def spy(self, tasks):
+        original(self, tasks)
+        made.append(self)
+
+    monkeypatch.setattr(trainer.UncertaintyWeighting, "__init__", spy)
+    files = {"topic": write_rows(tmp_path / "topic.jsonl", 16, 1, ("topic",)),
+             "sentiment": write_rows(tmp_path / "sentiment.jsonl", 16, 2, ("sentiment",))}
+    validation = write_rows(tmp_path / "validation.jsonl", 12, 3)
+    out = tmp_path / "model"
+    training.main(run_args(tiny_encoder, out, files, "--validation_files", validation, "--max_steps", "2",
+                           "--hp_search", "3", "--seed", "0"))
+    record = json.loads((out / TRIALS_FILE).read_text())
+    drawn = [trial["params"]["loss_balancing"] for trial in record["trials"]]
+    assert set(drawn) == {"static", "uncertainty"}, drawn  # this seed draws both
+    final = record["best"]["params"]["loss_balancing"] == "uncertainty"
+    assert len(made) == drawn.count("uncertainty") + final

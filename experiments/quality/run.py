@@ -5,6 +5,8 @@
     python experiments/quality/run.py --only distilled     # the multi-task run distilled from the single-task runs
     python experiments/quality/run.py --only search        # the same recipe search for the three models, then each
                                                            # trained with its best recipe (the tuned rows)
+    python experiments/quality/run.py --only balancing     # the searched multi-task recipe with uncertainty
+                                                           # weighting, and with annealed sampling
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -283,6 +285,18 @@ class Experiment:
         best = self.search("search_multitask", {**both, "teachers": teachers})
         self.train("tuned_multitask", {**both, **best, "teachers": teachers})
 
+    def balancing(self) -> None:
+        """The searched multi-task recipe with each loss-balancing option it did not try: learned task weights
+        (uncertainty weighting, the searched weights as their prior) and annealed task sampling."""
+        self.tuned()
+        runs, files = self.out / "runs", self.files
+        both = {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+                "validation_files": self.validation("topic", "sentiment"),
+                "teachers": [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]}
+        best = self.search("search_multitask", both)
+        self.train("tuned_multitask_uncertainty", {**both, **best, "loss_balancing": "uncertainty"})
+        self.train("tuned_multitask_annealed", {**both, **best, "task_sampling": "annealed"})
+
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
@@ -377,7 +391,7 @@ class Experiment:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "search", "limited", "all"), default="all")
+    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "limited", "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
                                           "all-MiniLM-L6-v2).")
@@ -395,6 +409,8 @@ def main(argv=None) -> None:
         experiment.distilled()
     if args.only in ("search", "all"):
         experiment.tuned()
+    if args.only in ("balancing", "all"):
+        experiment.balancing()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)

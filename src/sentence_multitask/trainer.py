@@ -62,20 +62,27 @@ class MultiTaskTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_balancer: UncertaintyWeighting | None = None
-        if getattr(self.args, "loss_balancing", "static") == "uncertainty":
-            self.add_callback(LossBalancingState(self))
+        self.resume_folder: str | None = None
+        self.add_callback(LossBalancingState(self))
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """`Trainer.train`, with a fresh `UncertaintyWeighting` (restored from the checkpoint when resuming)."""
-        if getattr(self.args, "loss_balancing", "static") == "uncertainty":
-            self.loss_balancer = UncertaintyWeighting(list(self.model.config.tasks)).to(self.args.device)
-            folder = resume_from_checkpoint
-            if folder is True:
-                folder = get_last_checkpoint(self.args.output_dir)
-            path = os.path.join(folder, LOSS_BALANCING_FILE) if folder else None
-            if path and os.path.isfile(path):
-                self.loss_balancer.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
+        """`Trainer.train`; with --loss_balancing uncertainty, a fresh `UncertaintyWeighting` joins the optimizer
+        (restored from the checkpoint when resuming). It is made in `create_optimizer`, after a search trial has set
+        the options, so that --hp_search can choose the balancing."""
+        self.loss_balancer = None
+        folder = resume_from_checkpoint
+        if folder is True:
+            folder = get_last_checkpoint(self.args.output_dir)
+        self.resume_folder = folder or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def make_loss_balancer(self) -> None:
+        if getattr(self.args, "loss_balancing", "static") != "uncertainty" or self.loss_balancer is not None:
+            return
+        self.loss_balancer = UncertaintyWeighting(list(self.model.config.tasks)).to(self.args.device)
+        path = os.path.join(self.resume_folder, LOSS_BALANCING_FILE) if self.resume_folder else None
+        if path and os.path.isfile(path):
+            self.loss_balancer.load_state_dict(torch.load(path, map_location=self.args.device, weights_only=True))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teachers = inputs.pop("teacher_logits", None)
@@ -153,6 +160,7 @@ class MultiTaskTrainer(Trainer):
         return max(1, math.ceil(args.max_steps / steps_per_epoch))
 
     def create_optimizer(self, model=None):
+        self.make_loss_balancer()
         optimizer = super().create_optimizer(model)
         if self.loss_balancer is not None and not any(
                 p is self.loss_balancer.log_variances for group in optimizer.param_groups for p in group["params"]):

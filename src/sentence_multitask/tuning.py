@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .arguments import LOSS_BALANCING_MODES
 from .sampling import SAMPLING_MODES
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ def require_optuna():
 
 def search_space(trial, args, tasks: Sequence[str], distilling: bool) -> dict[str, Any]:
     """The Trainer options a trial sets: encoder and head learning rates, epochs (up to --num_train_epochs, when no
-    --max_steps fixes the length), task sampling and its temperature (several tasks), and the distillation
-    temperature (with --teachers)."""
+    --max_steps fixes the length), task sampling, its temperature and the loss balancing (several tasks), and the
+    distillation temperature (with --teachers)."""
     space: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 1e-5, 2e-4, log=True),
         "head_learning_rate": trial.suggest_float("head_learning_rate", 1e-4, 3e-3, log=True),
@@ -49,6 +50,7 @@ def search_space(trial, args, tasks: Sequence[str], distilling: bool) -> dict[st
         space["task_sampling"] = trial.suggest_categorical("task_sampling", list(SAMPLING_MODES))
         if space["task_sampling"] == "temperature":
             space["sampling_temperature"] = trial.suggest_float("sampling_temperature", 1.0, 5.0)
+        space["loss_balancing"] = trial.suggest_categorical("loss_balancing", list(LOSS_BALANCING_MODES))
     if distilling:
         space["distillation_temperature"] = trial.suggest_float("distillation_temperature", 1.0, 4.0)
     return space
