@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--head_learning_rate", type=float, default=1e-3)
     parser.add_argument("--emotion_weights", action="store_true",
                         help="--class_weights emotions=auto: each label's pos_weight from the data.")
+    parser.add_argument("--without_emotions", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also train without GoEmotions, for its cost to the reference tasks (--no-without_emotions: "
+                             "skip that run).")
     parser.add_argument("--work", default="/tmp/task_types_runs")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "results.json",
                         help="Where the figures go (JSON).")
@@ -154,7 +157,8 @@ def main() -> None:
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
     reference_data = reference_files(Path(args.work))
-    for name, with_emotions in (("joint_with_emotions", True), ("joint_without_emotions", False)):
+    runs = (("joint_with_emotions", True), ("joint_without_emotions", False))[: 2 if args.without_emotions else 1]
+    for name, with_emotions in runs:
         out = Path(args.work) / name
         out.parent.mkdir(parents=True, exist_ok=True)
         seconds = train_run(out, with_emotions, args.epochs, args.rows, recipe)
