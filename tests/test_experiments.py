@@ -33,7 +33,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
             scores = results["runs"][name]["metrics"][task]
             assert 0.0 <= scores["accuracy"] <= 1.0 and set(scores) >= {"macro_f1", "macro_recall", "per_class_f1"}
     report = (tmp_path / "results.md").read_text()
-    assert "| **multi-task model" in report and "sequential" in report
+    assert "| **the same with learned task weights" in report and "sequential" in report
     assert (tmp_path / "limited_data.png").stat().st_size > 1000
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.01" / "options.json").read_text())

@@ -15,8 +15,8 @@ MAIN_ROWS = [
     ("multitask_distilled", "multi-task model distilled from the two single-task models (teacher annealing)"),
     ("tuned_single_topic", "fine-tuned single-task model: topic, best of the recipe search"),
     ("tuned_single_sentiment", "fine-tuned single-task model: sentiment, best of the recipe search"),
-    ("tuned_multitask", "**multi-task model, best of the recipe search, distilled from the two single-task models**"),
-    ("tuned_multitask_uncertainty", "the same recipe with learned task weights (uncertainty weighting)"),
+    ("tuned_multitask", "multi-task model, best of the recipe search, distilled from the two single-task models"),
+    ("tuned_multitask_uncertainty", "**the same with learned task weights (uncertainty weighting)**"),
     ("tuned_multitask_annealed", "the same recipe with annealed task sampling"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
