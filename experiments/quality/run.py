@@ -273,27 +273,29 @@ class Experiment:
         topic, single-task sentiment, and the multi-task model, searched and trained with the best single-task models
         on validation as its teachers (the main table's, which beat the tuned ones)."""
         self.distilled()  # the untuned teachers the multi-task search distils from
-        runs, files = self.out / "runs", self.files
+        files = self.files
         single = {task: {"tasks": [task], "train_files": [f"{task}={files[f'{task}_train']}"],
                          "validation_files": self.validation(task)} for task in TASKS}
         for task in TASKS:
             best = self.search(f"search_single_{task}", single[task])
             self.train(f"tuned_single_{task}", {**single[task], **best})
-        both = {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
-                "validation_files": self.validation("topic", "sentiment")}
-        teachers = [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]
-        best = self.search("search_multitask", {**both, "teachers": teachers})
-        self.train("tuned_multitask", {**both, **best, "teachers": teachers})
+        distilled = self.distilled_options()
+        best = self.search("search_multitask", distilled)
+        self.train("tuned_multitask", {**distilled, **best})
+
+    def distilled_options(self) -> dict:
+        """Train options of the multi-task runs distilled from the main table's single-task models."""
+        runs, files = self.out / "runs", self.files
+        return {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+                "validation_files": self.validation("topic", "sentiment"),
+                "teachers": [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]}
 
     def balancing(self) -> None:
         """The searched multi-task recipe with each loss-balancing option it did not try: learned task weights
         (uncertainty weighting, the searched weights as their prior) and annealed task sampling."""
         self.tuned()
-        runs, files = self.out / "runs", self.files
-        both = {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
-                "validation_files": self.validation("topic", "sentiment"),
-                "teachers": [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]}
-        best = self.search("search_multitask", both)
+        both = self.distilled_options()
+        best = self.search("search_multitask", both)  # the search's record, already made by `tuned`
         self.train("tuned_multitask_uncertainty", {**both, **best, "loss_balancing": "uncertainty"})
         self.train("tuned_multitask_annealed", {**both, **best, "task_sampling": "annealed"})
 
