@@ -3,7 +3,7 @@ TF-IDF + one-vs-rest logistic regression on the same training file, and against 
 multi-label task (what adding it costs the reference tasks).
 
     python experiments/task_types/run.py [--epochs 1] [--rows 3000] [--learning_rate 5e-5] [--head_learning_rate 1e-3]
-                                         [--emotion_weights]
+                                         [--emotion_weights] [--runs both|with_emotions|without_emotions]
 
 Writes results/results.json (or --results). Thresholds are reported three ways: 0.5 for every label; tuned
 per label by 2-fold cross-fitting on the validation file (tuned on one half, scored on the other, both ways: the
@@ -133,9 +133,8 @@ def main() -> None:
     parser.add_argument("--head_learning_rate", type=float, default=1e-3)
     parser.add_argument("--emotion_weights", action="store_true",
                         help="--class_weights emotions=auto: each label's pos_weight from the data.")
-    parser.add_argument("--without_emotions", action=argparse.BooleanOptionalAction, default=True,
-                        help="Also train without GoEmotions, for its cost to the reference tasks (--no-without_emotions: "
-                             "skip that run).")
+    parser.add_argument("--runs", choices=("both", "with_emotions", "without_emotions"), default="both",
+                        help="Train with GoEmotions, without it (its cost to the reference tasks), or both.")
     parser.add_argument("--work", default="/tmp/task_types_runs")
     parser.add_argument("--results", type=Path, default=HERE / "results" / "results.json",
                         help="Where the figures go (JSON).")
@@ -157,7 +156,8 @@ def main() -> None:
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
     reference_data = reference_files(Path(args.work))
-    runs = (("joint_with_emotions", True), ("joint_without_emotions", False))[: 2 if args.without_emotions else 1]
+    runs = [(f"joint_{arm}", arm == "with_emotions") for arm in ("with_emotions", "without_emotions")
+            if args.runs in ("both", arm)]
     for name, with_emotions in runs:
         out = Path(args.work) / name
         out.parent.mkdir(parents=True, exist_ok=True)
