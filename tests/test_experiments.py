@@ -24,9 +24,10 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                 "multitask_distilled"}
     expected |= {f"limited_{method}_{fraction}" for method in ("single", "joint", "sequential")
                  for fraction in ("0.01", "1.0")}  # the smoke run's fractions
-    expected |= {f"limited_{method}_0.01" for method in ("distilled", "upsampled", "sequential_top")}
+    expected |= {f"limited_{method}_0.01" for method in ("distilled", "upsampled", "sequential_top", "self_trained")}
     expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
-                 "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed"}
+                 "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed",
+                 "single_topic_seed7", "single_sentiment_seed7", "tuned_multitask_uncertainty_seed7"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -34,6 +35,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
             assert 0.0 <= scores["accuracy"] <= 1.0 and set(scores) >= {"macro_f1", "macro_recall", "per_class_f1"}
     report = (tmp_path / "results.md").read_text()
     assert "| **the same with learned task weights" in report and "sequential" in report
+    assert "| 7 | " in report and "| mean | " in report  # the seeds table
+    assert json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_seed7" / "options.json").read_text())["seed"] == 7
     assert (tmp_path / "limited_data.png").stat().st_size > 1000
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.01" / "options.json").read_text())
@@ -41,6 +44,11 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert "encoder" not in options  # the topic model's own encoder
     top = results["runs"]["limited_sequential_top_0.01"]
     assert set(top["metrics"]) == {"topic", "sentiment"}  # the topic head measured after the top layers trained
+    # Self-training adds the teacher's pseudo-labels of the rest of the sentiment texts to the 1 % subsample.
+    pseudo = results["runs"]["limited_self_trained_0.01"]["pseudo_labels"]
+    assert 0 < pseudo["rows"] <= pseudo["unlabelled_texts"] and sum(pseudo["per_label"].values()) == pseudo["rows"]
+    options = json.loads((tmp_path / "runs" / "limited_self_trained_0.01" / "options.json").read_text())
+    assert options["train_files"][1] == "sentiment=data/sentiment_self_trained_0.01.jsonl"
     # The tuned multi-task run distils from the main table's single-task runs, with the search's best options.
     tuned = json.loads((tmp_path / "runs" / "tuned_multitask" / "options.json").read_text())
     assert tuned["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment/model"]

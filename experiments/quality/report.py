@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 MAIN_ROWS = [
     ("tfidf_logreg", "TF-IDF (1-2 grams) + logistic regression, per task"),
     ("frozen_minilm_logreg", "frozen all-MiniLM-L6-v2 + logistic regression, per task"),
@@ -24,9 +26,10 @@ METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
            ("sequential", "sequential (topic, then frozen encoder)"),
            ("distilled", "joint, distilled from the single-task models"),
            ("upsampled", "joint, tasks in equal shares (sentiment up-sampled)"),
-           ("sequential_top", "sequential, top 2 encoder layers trained at 2e-5"))
+           ("sequential_top", "sequential, top 2 encoder layers trained at 2e-5"),
+           ("self_trained", "joint, self-trained (+ pseudo-labelled unlabelled tweets)"))
 COLORS = {"single": "C0", "joint": "C1", "sequential": "C2", "distilled": "C3", "upsampled": "C4",
-          "sequential_top": "C5"}
+          "sequential_top": "C5", "self_trained": "C6"}
 
 
 def _cell(run, task, metric):
@@ -49,6 +52,30 @@ def main_table(results: dict) -> str:
             f"{_cell(run, 'sentiment', 'macro_recall')} | {_cell(run, 'sentiment', 'macro_f1')} | "
             f"{_cell(run, 'sentiment', 'accuracy')} | {run.get('seconds', 0):.0f} s |"
         )
+    return "\n".join(lines)
+
+
+def seeds_table(results: dict) -> str:
+    """The single-task models and the multi-task model with learned weights, per seed and their mean."""
+    runs = results["runs"]
+    seeds = sorted({int(key.rpartition("_seed")[2]) for key in runs if "_seed" in key})
+    columns = (("single_topic", "topic", "accuracy"), ("single_topic", "topic", "macro_f1"),
+               ("single_sentiment", "sentiment", "macro_recall"), ("tuned_multitask_uncertainty", "topic", "accuracy"),
+               ("tuned_multitask_uncertainty", "topic", "macro_f1"),
+               ("tuned_multitask_uncertainty", "sentiment", "macro_recall"))
+    lines = ["| seed | single topic acc | single topic macro-F1 | single sentiment macro-recall | multi-task topic acc | "
+             "multi-task topic macro-F1 | multi-task sentiment macro-recall |", "|---|---|---|---|---|---|---|"]
+    values = []
+    for seed in [42, *seeds]:
+        suffix = "" if seed == 42 else f"_seed{seed}"
+        row = [((runs.get(name + suffix) or {}).get("metrics", {}).get(task) or {}).get(metric)
+               for name, task, metric in columns]
+        if None not in row:
+            values.append(row)
+            lines.append(f"| {seed} | " + " | ".join(f"{value:.4f}" for value in row) + " |")
+    if len(values) < 2:
+        return ""
+    lines.append("| mean | " + " | ".join(f"{value:.4f}" for value in np.mean(values, axis=0)) + " |")
     return "\n".join(lines)
 
 
@@ -128,6 +155,7 @@ def write_report(out: Path) -> None:
         "",
         main_table(results),
         "",
+        *(["## Seeds", "", seeds_table(results), ""] if seeds_table(results) else []),
         "## Per-class F1",
         "",
         per_class_table(results),

@@ -7,6 +7,8 @@
                                                            # trained with its best recipe (the tuned rows)
     python experiments/quality/run.py --only balancing     # the searched multi-task recipe with uncertainty
                                                            # weighting, and with annealed sampling
+    python experiments/quality/run.py --only seeds         # the single-task models and that multi-task model again,
+                                                           # with other seeds
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -43,6 +45,8 @@ MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer
 SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
 SEARCH_ROWS = 2500
 SEARCH_MAX_EPOCHS = 3
+SEEDS = (42, 7)  # the seed of base.json, then the other seeds of the `seeds` step
+PSEUDO_PER_CLASS = 2000  # self-training: the teacher's most confident texts per predicted label that join training
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -299,6 +303,20 @@ class Experiment:
         self.train("tuned_multitask_uncertainty", {**both, **best, "loss_balancing": "uncertainty"})
         self.train("tuned_multitask_annealed", {**both, **best, "task_sampling": "annealed"})
 
+    def seeds(self) -> None:
+        """The headline comparison again with each other seed of SEEDS: the two single-task models and the multi-task
+        model with learned weights (the same recipe and teachers), so the gap between them can be told from the
+        variation between seeds."""
+        self.balancing()
+        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
+                "loss_balancing": "uncertainty"}
+        single = {task: {"tasks": [task], "train_files": [f"{task}={self.files[f'{task}_train']}"],
+                         "validation_files": self.validation(task)} for task in TASKS}
+        for seed in SEEDS[1:]:
+            for task in TASKS:
+                self.train(f"single_{task}_seed{seed}", {**single[task], "seed": seed})
+            self.train(f"tuned_multitask_uncertainty_seed{seed}", {**both, "seed": seed})
+
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
@@ -361,8 +379,9 @@ class Experiment:
     def limited_strategies(self, fraction: float) -> None:
         """At one sentiment fraction: joint distilled from the single-task models of the same data (topic: the main
         table's, sentiment: the one trained on this subsample), joint with equal shares of both tasks per batch
-        (round_robin: the small task up-sampled), and sequential with the top two encoder layers trainable at a low
-        learning rate (the topic model's other layers fixed; its topic accuracy measured after)."""
+        (round_robin: the small task up-sampled), sequential with the top two encoder layers trainable at a low
+        learning rate (the topic model's other layers fixed; its topic accuracy measured after), and joint with
+        self-training (`self_trained`)."""
         files, runs = self.files, self.out / "runs"
         subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
         joint = {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
@@ -380,6 +399,7 @@ class Experiment:
             "model": str(runs / "single_topic" / "model"), "trainable_encoder_layers": 2, "learning_rate": 2e-5,
             "tasks": ["sentiment"], "labels": ["sentiment=negative,neutral,positive"],
             "train_files": [f"sentiment={subset}"], "validation_files": self.validation("sentiment"), "_rows": [key]})
+        self.self_trained(fraction, teacher, joint)
         if "topic" not in self.results["runs"][name]["metrics"]:  # what the top layers' training cost the topic head
             report = runs / name / "evaluate_topic.json"
             self.command(["evaluate", "--model", str(runs / name / "model"), "--eval_files",
@@ -389,11 +409,45 @@ class Experiment:
                 metric: topic[metric] for metric in ("accuracy", "macro_f1", "macro_recall")}
             self.save()
 
+    def self_trained(self, fraction: float, teacher: Path, joint: dict) -> None:
+        """Self-training, which also uses the unlabelled rest of the sentiment training texts (their gold labels are
+        not read): the single-task model of this subsample labels them, its PSEUDO_PER_CLASS most confident texts per
+        predicted label join the subsample as labelled rows, and the joint model trains on both. The pseudo-labels'
+        agreement with the hidden gold labels is recorded, as a diagnosis only."""
+        name = f"limited_self_trained_{fraction}"
+        if name in self.results["runs"]:
+            return
+        subset = self.files[f"sentiment_train_{fraction}"]
+        gold = read_jsonl(subset)
+        known = {row["text"] for row in gold}
+        rest = [row for row in read_jsonl(self.files["sentiment_train"]) if row["text"] not in known]
+        run_dir, data = self.out / "runs" / name, self.out / "data"
+        unlabelled, predicted = data / f"sentiment_unlabelled_{fraction}.jsonl", data / f"sentiment_predicted_{fraction}.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl([{"text": row["text"]} for row in rest], unlabelled)
+        predicted.unlink(missing_ok=True)  # an earlier, interrupted run's (predict never overwrites)
+        self.command(["predict", "--model", str(teacher), "--input", str(unlabelled), "--output", str(predicted),
+                      "--keep_columns", "text", "--batch_size", "64"], run_dir / "predict.log")
+        hidden = {row["text"]: row["label"] for row in rest}
+        ranked = sorted(read_jsonl(predicted), key=lambda row: -row["sentiment_score"])
+        pseudo = [{"text": row["text"], "label": label} for label in TASKS["sentiment"]
+                  for row in [row for row in ranked if row["sentiment_label"] == label][:PSEUDO_PER_CLASS]]
+        combined = data / f"sentiment_self_trained_{fraction}.jsonl"
+        write_jsonl(gold + pseudo, combined)
+        self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
+        self.results["runs"][name]["pseudo_labels"] = {
+            "rows": len(pseudo), "unlabelled_texts": len(rest),
+            "per_label": {label: sum(row["label"] == label for row in pseudo) for label in TASKS["sentiment"]},
+            "agreement_with_hidden_gold": round(sum(hidden[row["text"]] == row["label"] for row in pseudo)
+                                                / max(1, len(pseudo)), 4)}
+        self.save()
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "limited", "all"), default="all")
+    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "limited", "all"),
+                        default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
                                           "all-MiniLM-L6-v2).")
@@ -413,6 +467,8 @@ def main(argv=None) -> None:
         experiment.tuned()
     if args.only in ("balancing", "all"):
         experiment.balancing()
+    if args.only in ("seeds", "all"):
+        experiment.seeds()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
