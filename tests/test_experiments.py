@@ -27,7 +27,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     expected |= {f"limited_{method}_0.01" for method in ("distilled", "upsampled", "sequential_top", "self_trained")}
     expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
                  "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed",
-                 "single_topic_seed7", "single_sentiment_seed7", "tuned_multitask_uncertainty_seed7"}
+                 "single_topic_seed7", "single_sentiment_seed7", "tuned_multitask_uncertainty_seed7",
+                 "single_sentiment_weighted", "tuned_multitask_uncertainty_weighted"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -37,6 +38,10 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert "| **the same with learned task weights" in report and "sequential" in report
     assert "| 7 | " in report and "| mean | " in report  # the seeds table
     assert json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_seed7" / "options.json").read_text())["seed"] == 7
+    # The class-weighted multi-task run distils from the class-weighted single-task sentiment model.
+    weighted = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_weighted" / "options.json").read_text())
+    assert weighted["class_weights"] == ["sentiment=auto"]
+    assert weighted["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment_weighted/model"]
     assert (tmp_path / "limited_data.png").stat().st_size > 1000
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.01" / "options.json").read_text())

@@ -20,6 +20,9 @@ MAIN_ROWS = [
     ("tuned_multitask", "multi-task model, best of the recipe search, distilled from the two single-task models"),
     ("tuned_multitask_uncertainty", "**the same with learned task weights (uncertainty weighting)**"),
     ("tuned_multitask_annealed", "the same recipe with annealed task sampling"),
+    ("single_sentiment_weighted", "fine-tuned single-task model: sentiment, classes weighted by inverse frequency"),
+    ("tuned_multitask_uncertainty_weighted", "multi-task model with learned task weights, sentiment's classes weighted, "
+                                             "distilled from the weighted sentiment model"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),

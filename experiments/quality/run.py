@@ -9,6 +9,8 @@
                                                            # weighting, and with annealed sampling
     python experiments/quality/run.py --only seeds         # the single-task models and that multi-task model again,
                                                            # with other seeds
+    python experiments/quality/run.py --only weighted      # single-task sentiment and that multi-task model with
+                                                           # sentiment's classes weighted by inverse frequency
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -317,6 +319,21 @@ class Experiment:
                 self.train(f"single_{task}_seed{seed}", {**single[task], "seed": seed})
             self.train(f"tuned_multitask_uncertainty_seed{seed}", {**both, "seed": seed})
 
+    def class_weighted(self) -> None:
+        """The headline comparison with sentiment's classes weighted by inverse frequency (`--class_weights
+        sentiment=auto`), the loss that matches its metric, macro-recall (the mean of the per-class recalls): the
+        single-task sentiment model, then the multi-task model of `balancing` distilled from it (and the topic model)."""
+        self.balancing()
+        runs, weighted = self.out / "runs", {"class_weights": ["sentiment=auto"]}
+        single = {"tasks": ["sentiment"], "train_files": [f"sentiment={self.files['sentiment_train']}"],
+                  "validation_files": self.validation("sentiment")}
+        self.train("single_sentiment_weighted", {**single, **weighted})
+        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
+                "loss_balancing": "uncertainty", **weighted}
+        both["teachers"] = [f"topic={runs / 'single_topic' / 'model'}",
+                            f"sentiment={runs / 'single_sentiment_weighted' / 'model'}"]
+        self.train("tuned_multitask_uncertainty_weighted", both)
+
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
         model_dir = self.out / "runs" / "multitask" / "model"
@@ -446,7 +463,8 @@ class Experiment:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "limited", "all"),
+    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "limited",
+                                                 "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -469,6 +487,8 @@ def main(argv=None) -> None:
         experiment.balancing()
     if args.only in ("seeds", "all"):
         experiment.seeds()
+    if args.only in ("weighted", "all"):
+        experiment.class_weighted()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
