@@ -335,8 +335,8 @@ def measure_server(model_dir: str, requests: int, clients: int, bad_requests: bo
 def write_markdown(report: dict, path: Path) -> None:
     m, r = report["machine"], report["results"]
     memory, speed, resume, ray = (r.get(k) for k in ("memory", "speed", "resume", "ray"))
-    lines = ["# Predict and embed at scale", "", f"Written by `{report['command']}` (the measures are described in "
-             "its docstring). Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads. "
+    lines = ["# Predict and embed at scale", "", "Written by `benchmarks/scale.py` (the measures are described in "
+             "its docstring; the command of each measure is listed at the end). Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads. "
              f"Every run uses {report['threads']} torch thread(s).", ""]
     if memory:
         lines += ["## Streaming memory (tiny model, `predict --input X.parquet --output Y.parquet`, fresh process)",
@@ -380,8 +380,9 @@ def write_markdown(report: dict, path: Path) -> None:
                       f"body, server healthy after each: {server['bad_requests_all_4xx_json_healthy']}"]
         lines += [""]
     lines += [f"- Machine: {m['platform']}, {m['cpu_count']} CPUs, shared with other work. Date and load average "
-              "(1 min, before and after) of each measure:"]
-    lines += [f"  - {name}: {value.get('date', report['date'])}, load {value.get('load_average', '?')}"
+              "(1 min, before and after) and command of each measure:"]
+    lines += [f"  - {name}: {value.get('date', report['date'])}, load {value.get('load_average', '?')}, "
+              f"`{value.get('command', report['command'])}`"
               for name, value in r.items()] + [""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -426,12 +427,14 @@ def main() -> None:
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_average_before": load_before,
                "load_average_after": round(os.getloadavg()[0], 2)}
+    command = " ".join(["python benchmarks/scale.py", *sys.argv[1:]])
     for result in results.values():
         result["date"], result["load_average"] = date, [machine["load_average_before"], machine["load_average_after"]]
+        result["command"] = command
     if args.only and (output / "scale.json").is_file():  # --only: the other measures stay as they were
         results = {**json.loads((output / "scale.json").read_text(encoding="utf-8"))["results"], **results}
     report = {"results": results, "date": date, "machine": machine, "threads": args.threads,
-              "command": " ".join(["python benchmarks/scale.py", *sys.argv[1:]])}
+              "command": command}
     (output / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_markdown(report, output / "scale.md")
     print(f"written to {output}/scale.json and scale.md")

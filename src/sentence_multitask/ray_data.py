@@ -88,7 +88,8 @@ def run_with_ray(model: str, source: str, output: str, *, address: str | None = 
     """
     Read `source`, run `SentenceMultiTaskPredictor` on `actors` actors (one GPU each with a cuda `device`) in batches
     of `chunk_rows` rows, and write the folder `output` (Parquet, JSON Lines or CSV files by `output_format` or the
-    name's suffix). Ray Data's preserve_order is set, but Ray may still reorder rows: keep an id column to sort by. Joins the cluster at `address` (default: RAY_ADDRESS, else a local one).
+    name's suffix), rows in input order (Ray Data's preserve_order; files named by write task, so reading the folder in
+    name order gives the input order). Joins the cluster at `address` (default: RAY_ADDRESS, else a local one).
     """
     import ray
 
@@ -112,4 +113,21 @@ def run_with_ray(model: str, source: str, output: str, *, address: str | None = 
         fn_constructor_args=(model,),
         fn_constructor_kwargs={"text_column": text_column, "keep_columns": list(keep_columns),
                                "device": "cuda" if gpu else device, **options})
-    {"parquet": mapped.write_parquet, "jsonl": mapped.write_json, "csv": mapped.write_csv}[output_format](output)
+    if output_format == "parquet":
+        mapped.write_datasink(ordered_parquet_sink(output))
+    else:
+        {"jsonl": mapped.write_json, "csv": mapped.write_csv}[output_format](output)
+
+
+def ordered_parquet_sink(path: str):
+    """A Parquet sink that keeps row order. Ray's own `write_parquet` (2.60) hands a write task's blocks to
+    `pyarrow.dataset.write_dataset(use_threads=True)`, which may write them in any order within the file; this sink
+    writes the task's blocks, concatenated in order, with `pyarrow.parquet.write_table` (one file per write task)."""
+    import pyarrow.parquet as pq
+    import ray.data
+
+    class OrderedParquetDatasink(ray.data.BlockBasedFileDatasink):
+        def write_block_to_file(self, block, file) -> None:
+            pq.write_table(block.to_arrow(), file)
+
+    return OrderedParquetDatasink(path, file_format="parquet")
