@@ -226,6 +226,15 @@ def token_ids(encode: Callable[[list[str], int], list[list[int]]], texts: list[s
     return ids, len(cut)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device`; to a GPU through pinned memory without waiting, so that the host prepares the next batch
+    while the device runs this one."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def length_sorted_batches(
     texts: list[str],
     tokenize: Callable[[list[str]], list[list[int]]],
@@ -258,10 +267,8 @@ def length_sorted_batches(
         start += len(positions)
         rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
         mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
-        yield positions, {
-            "input_ids": torch.tensor(rows, dtype=torch.long, device=device),
-            "attention_mask": torch.tensor(mask, dtype=torch.long, device=device),
-        }
+        yield positions, {"input_ids": to_device(torch.tensor(rows, dtype=torch.long), device),
+                          "attention_mask": to_device(torch.tensor(mask, dtype=torch.long), device)}
         progress.update(len(positions))
     progress.close()
 
@@ -366,10 +373,13 @@ class SentenceInferenceMixin:
     def _run(self, texts, batch_size, max_length, show_progress_bar, with_heads: bool, precision: str | None = None):
         texts = check_texts(texts)
         autocast_dtype = resolve_precision(precision or self.inference_precision, self.device)
-        embeddings = torch.empty((len(texts), self.config.hidden_size), dtype=torch.float32)
-        logits = {task: torch.empty((len(texts), n), dtype=torch.float32) for task, n in self.config.num_labels_per_task.items()}
+        # Results stay on a GPU until the end: a copy to the host per batch would make the host wait for every batch.
+        keep = self.device if self.device.type == "cuda" else torch.device("cpu")
+        embeddings = torch.empty((len(texts), self.config.hidden_size), device=keep)
+        logits = {task: torch.empty((len(texts) if with_heads else 0, n), device=keep)
+                  for task, n in self.config.num_labels_per_task.items()}
         if not texts:
-            return embeddings, logits
+            return embeddings.cpu(), {task: values.cpu() for task, values in logits.items()}
         if self.training:
             self.eval()  # inference never uses dropout; training code switches back with model.train()
         autocast = torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
@@ -377,12 +387,12 @@ class SentenceInferenceMixin:
             for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
                 token_states = self._token_states(inputs, autocast_dtype)
                 pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
-                index = torch.tensor(positions)
-                embeddings[index] = pooled.float().cpu()
+                index = torch.tensor(positions, device=keep)
+                embeddings[index] = pooled.float().to(keep)
                 if with_heads:
                     for task, head in self.heads.items():
-                        logits[task][index] = serve(self.config, task, head(pooled).float()).cpu()
-        return embeddings, logits
+                        logits[task][index] = serve(self.config, task, head(pooled).float()).to(keep)
+        return embeddings.cpu(), {task: values.cpu() for task, values in logits.items()}
 
     def encode(
         self,
