@@ -28,7 +28,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
                  "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed",
                  "single_topic_seed7", "single_sentiment_seed7", "tuned_multitask_uncertainty_seed7",
-                 "single_sentiment_weighted", "tuned_multitask_uncertainty_weighted"}
+                 "single_sentiment_weighted", "tuned_multitask_uncertainty_weighted", "topic_epochs4",
+                 "topic_label_smoothing", "topic_lr5e-5", "single_topic_seed13", "single_sentiment_seed13",
+                 "ensemble_topic", "ensemble_sentiment"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -42,6 +44,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     weighted = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_weighted" / "options.json").read_text())
     assert weighted["class_weights"] == ["sentiment=auto"]
     assert weighted["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment_weighted/model"]
+    assert results["runs"]["ensemble_sentiment"]["members"] == ["single_sentiment", "single_sentiment_seed7",
+                                                                "single_sentiment_seed13"]
+    assert "| mean probabilities of three single-task topic models" in report
     assert (tmp_path / "limited_data.png").stat().st_size > 1000
     # The sequential runs train only the sentiment head on top of the single-task topic model.
     options = json.loads((tmp_path / "runs" / "limited_sequential_0.01" / "options.json").read_text())

@@ -23,6 +23,12 @@ MAIN_ROWS = [
     ("single_sentiment_weighted", "fine-tuned single-task model: sentiment, classes weighted by inverse frequency"),
     ("tuned_multitask_uncertainty_weighted", "multi-task model with learned task weights, sentiment's classes weighted, "
                                              "distilled from the weighted sentiment model"),
+    ("topic_epochs4", "fine-tuned single-task model: topic, 4 epochs"),
+    ("topic_label_smoothing", "fine-tuned single-task model: topic, 3 epochs, label smoothing 0.1"),
+    ("topic_lr5e-5", "fine-tuned single-task model: topic, 3 epochs at learning rate 5e-5"),
+    ("ensemble_topic", "mean probabilities of three single-task topic models (seeds 42, 7, 13; three encoders)"),
+    ("ensemble_sentiment", "mean probabilities of three single-task sentiment models (seeds 42, 7, 13; three "
+                           "encoders)"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),

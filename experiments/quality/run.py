@@ -11,6 +11,8 @@
                                                            # with other seeds
     python experiments/quality/run.py --only weighted      # single-task sentiment and that multi-task model with
                                                            # sentiment's classes weighted by inverse frequency
+    python experiments/quality/run.py --only ceiling       # single-task topic recipes (more epochs, label
+                                                           # smoothing, a lower learning rate) and three-seed ensembles
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -48,6 +50,10 @@ SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per train
 SEARCH_ROWS = 2500
 SEARCH_MAX_EPOCHS = 3
 SEEDS = (42, 7)  # the seed of base.json, then the other seeds of the `seeds` step
+ENSEMBLE_SEEDS = (42, 7, 13)  # the single-task models of the `ceiling` step's ensembles
+TOPIC_RECIPES = {"topic_epochs4": {"num_train_epochs": 4},
+                 "topic_label_smoothing": {"num_train_epochs": 3, "label_smoothing_factor": 0.1},
+                 "topic_lr5e-5": {"num_train_epochs": 3, "learning_rate": 5e-5}}
 PSEUDO_PER_CLASS = 2000  # self-training: the teacher's most confident texts per predicted label that join training
 
 
@@ -279,9 +285,7 @@ class Experiment:
         topic, single-task sentiment, and the multi-task model, searched and trained with the best single-task models
         on validation as its teachers (the main table's, which beat the tuned ones)."""
         self.distilled()  # the untuned teachers the multi-task search distils from
-        files = self.files
-        single = {task: {"tasks": [task], "train_files": [f"{task}={files[f'{task}_train']}"],
-                         "validation_files": self.validation(task)} for task in TASKS}
+        single = {task: self.single_options(task) for task in TASKS}
         for task in TASKS:
             best = self.search(f"search_single_{task}", single[task])
             self.train(f"tuned_single_{task}", {**single[task], **best})
@@ -312,8 +316,7 @@ class Experiment:
         self.balancing()
         both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
                 "loss_balancing": "uncertainty"}
-        single = {task: {"tasks": [task], "train_files": [f"{task}={self.files[f'{task}_train']}"],
-                         "validation_files": self.validation(task)} for task in TASKS}
+        single = {task: self.single_options(task) for task in TASKS}
         for seed in SEEDS[1:]:
             for task in TASKS:
                 self.train(f"single_{task}_seed{seed}", {**single[task], "seed": seed})
@@ -325,14 +328,52 @@ class Experiment:
         single-task sentiment model, then the multi-task model of `balancing` distilled from it (and the topic model)."""
         self.balancing()
         runs, weighted = self.out / "runs", {"class_weights": ["sentiment=auto"]}
-        single = {"tasks": ["sentiment"], "train_files": [f"sentiment={self.files['sentiment_train']}"],
-                  "validation_files": self.validation("sentiment")}
-        self.train("single_sentiment_weighted", {**single, **weighted})
+        self.train("single_sentiment_weighted", {**self.single_options("sentiment"), **weighted})
         both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
                 "loss_balancing": "uncertainty", **weighted}
         both["teachers"] = [f"topic={runs / 'single_topic' / 'model'}",
                             f"sentiment={runs / 'single_sentiment_weighted' / 'model'}"]
         self.train("tuned_multitask_uncertainty_weighted", both)
+
+    def single_options(self, task: str) -> dict:
+        return {"tasks": [task], "train_files": [f"{task}={self.files[f'{task}_train']}"],
+                "validation_files": self.validation(task)}
+
+    def ceiling(self) -> None:
+        """How far single-task fine-tuning goes on these files: the topic model with other recipes (TOPIC_RECIPES),
+        and per task the mean probabilities of the single-task models of ENSEMBLE_SEEDS: an ensemble of three models,
+        a reference for what one distilled model could learn from them, not a model the package ships. A member
+        whose model folder is missing (models are not kept in the repository) is trained again first."""
+        for name, options in TOPIC_RECIPES.items():
+            self.train(name, {**self.single_options("topic"), **options})
+        for task in TASKS:
+            names = [f"single_{task}" + ("" if seed == SEEDS[0] else f"_seed{seed}") for seed in ENSEMBLE_SEEDS]
+            for name, seed in zip(names, ENSEMBLE_SEEDS):
+                if not (self.out / "runs" / name / "model" / "config.json").is_file():
+                    self.results["runs"].pop(name, None)
+                self.train(name, {**self.single_options(task), "seed": seed})
+            self.ensemble(task, names)
+
+    def ensemble(self, task: str, names: list[str]) -> None:
+        key = f"ensemble_{task}"
+        if key in self.results["runs"]:
+            return
+        from sentence_multitask import SentenceMultiTaskModel
+
+        started, labels = time.time(), TASKS[task]
+        valid = read_jsonl(self.files[f"{task}_validation"])
+        texts = [row["text"] for row in valid]
+        probabilities = []
+        for name in names:
+            model = SentenceMultiTaskModel.from_pretrained(self.out / "runs" / name / "model").eval()
+            order = [list(model.config.tasks[task]).index(label) for label in labels]
+            probabilities.append(model.predict_proba(texts, batch_size=64)[task].numpy()[:, order])
+        predicted = np.mean(probabilities, axis=0).argmax(axis=1)
+        metrics = scores(predicted, [labels.index(row["label"]) for row in valid], labels)
+        self.results["runs"][key] = {"metrics": {task: metrics}, "seconds": round(time.time() - started, 1),
+                                     "members": names}
+        self.save()
+        print(f"{key}: {json.dumps(metrics)}", flush=True)
 
     def reproduce(self) -> None:
         """The main model loads without the package, and `sentence-multitask evaluate` gives the reported figures."""
@@ -463,8 +504,8 @@ class Experiment:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "limited",
-                                                 "all"),
+    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
+                                                 "limited", "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -489,6 +530,8 @@ def main(argv=None) -> None:
         experiment.seeds()
     if args.only in ("weighted", "all"):
         experiment.class_weighted()
+    if args.only in ("ceiling", "all"):
+        experiment.ceiling()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
