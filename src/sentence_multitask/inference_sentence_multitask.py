@@ -387,7 +387,7 @@ class SentenceInferenceMixin:
             for positions, inputs in self._batches(texts, batch_size, max_length, show_progress_bar):
                 token_states = self._token_states(inputs, autocast_dtype)
                 pooled = pool(token_states, inputs["attention_mask"], self.config.pooling)
-                index = torch.tensor(positions, device=keep)
+                index = to_device(torch.tensor(positions), keep)  # a blocking copy would wait for the GPU
                 embeddings[index] = pooled.float().to(keep)
                 if with_heads:
                     for task, head in self.heads.items():
