@@ -336,8 +336,9 @@ def write_markdown(report: dict, path: Path) -> None:
     m, r = report["machine"], report["results"]
     memory, speed, resume, ray = (r.get(k) for k in ("memory", "speed", "resume", "ray"))
     lines = ["# Predict and embed at scale", "", "Written by `benchmarks/scale.py` (the measures are described in "
-             "its docstring; the command of each measure is listed at the end). Tiny: 2-layer 32-wide random BERT; real: all-MiniLM-L6-v2 with the reference heads. "
-             f"Every run uses {report['threads']} torch thread(s).", ""]
+             "its docstring; the command of each measure is listed at the end). Tiny: 2-layer 32-wide random BERT; "
+             f"real: all-MiniLM-L6-v2 with the reference heads. Every run uses {report['threads']} torch thread(s).",
+             ""]
     if memory:
         lines += ["## Streaming memory (tiny model, `predict --input X.parquet --output Y.parquet`, fresh process)",
                   "", "| rows | seconds | rows/s | peak RSS (MiB) |", "|---:|---:|---:|---:|"]

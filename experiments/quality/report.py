@@ -21,8 +21,8 @@ MAIN_ROWS = [
     ("tuned_multitask_uncertainty", "**the same with learned task weights (uncertainty weighting)**"),
     ("tuned_multitask_annealed", "the same recipe with annealed task sampling"),
     ("single_sentiment_weighted", "fine-tuned single-task model: sentiment, classes weighted by inverse frequency"),
-    ("tuned_multitask_uncertainty_weighted", "multi-task model with learned task weights, sentiment's classes weighted, "
-                                             "distilled from the weighted sentiment model"),
+    ("tuned_multitask_uncertainty_weighted", "multi-task model with learned task weights, sentiment's classes "
+                                             "weighted, distilled from the weighted sentiment model"),
     ("topic_epochs4", "fine-tuned single-task model: topic, 4 epochs"),
     ("topic_label_smoothing", "fine-tuned single-task model: topic, 3 epochs, label smoothing 0.1"),
     ("topic_lr5e-5", "fine-tuned single-task model: topic, 3 epochs at learning rate 5e-5"),

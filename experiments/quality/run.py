@@ -325,7 +325,8 @@ class Experiment:
     def class_weighted(self) -> None:
         """The headline comparison with sentiment's classes weighted by inverse frequency (`--class_weights
         sentiment=auto`), the loss that matches its metric, macro-recall (the mean of the per-class recalls): the
-        single-task sentiment model, then the multi-task model of `balancing` distilled from it (and the topic model)."""
+        single-task sentiment model, then the multi-task model of `balancing` distilled from it (and the topic
+        model)."""
         self.balancing()
         runs, weighted = self.out / "runs", {"class_weights": ["sentiment=auto"]}
         self.train("single_sentiment_weighted", {**self.single_options("sentiment"), **weighted})
