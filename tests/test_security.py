@@ -24,7 +24,7 @@ except ImportError:  # tests/ collected as a plain directory
 
 TASKS = {"topic": ["sports", "health", "tech"], "sentiment": ["negative", "positive"]}
 CODE_FILES = ("configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py",
-              "pipeline_sentence_multitask.py", "card_sentence_multitask.py")
+              "batching_sentence_multitask.py", "pipeline_sentence_multitask.py", "card_sentence_multitask.py")
 TOKEN = "hf_FAKE_TOKEN_abc123"
 
 

@@ -1034,7 +1034,8 @@ def test_push_to_hub_uploads_code_weights_tokenizer_and_card_without_the_token(t
     assert card == (out / "README.md").read_text(encoding="utf-8")
 
 
-CODE_FILES = {"configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py"}
+CODE_FILES = {"configuration_sentence_multitask.py", "modeling_sentence_multitask.py", "inference_sentence_multitask.py",
+              "batching_sentence_multitask.py"}
 MODEL_FILES = CODE_FILES | {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"}
 
 

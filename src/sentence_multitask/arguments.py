@@ -17,7 +17,8 @@ from transformers.trainer_utils import HubStrategy, IntervalStrategy, SaveStrate
 
 from .command_help import TRAIN_EXAMPLE, HelpFormatter, group_train_options
 from .configuration_sentence_multitask import POOLING_MODES, SentenceMultiTaskConfig
-from .inference_sentence_multitask import max_tokens, not_a_model_folder
+from .batching_sentence_multitask import max_tokens
+from .inference_sentence_multitask import not_a_model_folder
 from .sampling import SAMPLING_MODES
 
 DEFAULT_MAX_LENGTH = 128  # --max_length of a new model

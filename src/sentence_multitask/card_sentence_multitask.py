@@ -59,8 +59,8 @@ classifier("$example")
 ```
 
 `trust_remote_code=True` runs the Python files stored with this model: `configuration_sentence_multitask.py`,
-`modeling_sentence_multitask.py`, `inference_sentence_multitask.py`, `pipeline_sentence_multitask.py` and
-`card_sentence_multitask.py`. They import only torch, transformers, huggingface_hub and the standard library, and
+`modeling_sentence_multitask.py`, `inference_sentence_multitask.py`, `batching_sentence_multitask.py`,
+`pipeline_sentence_multitask.py` and `card_sentence_multitask.py`. They import only torch, transformers, huggingface_hub and the standard library, and
 make no network calls. Read them before you trust them, and pin the reviewed version with
 `from_pretrained(..., revision="<commit hash>")`.
 

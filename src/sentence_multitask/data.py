@@ -24,7 +24,8 @@ import torch
 from . import REFERENCE_TASKS, task_labels
 from .arguments import DataArguments, parse_key_values, parse_labels
 from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
-from .inference_sentence_multitask import labelled, max_tokens
+from .batching_sentence_multitask import max_tokens
+from .inference_sentence_multitask import labelled
 
 logger = logging.getLogger(__name__)
 

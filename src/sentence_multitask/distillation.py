@@ -25,13 +25,8 @@ from transformers.utils.logging import tqdm
 from .arguments import TEACHER_ANNEALING_MODES, parse_key_values
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
-from .inference_sentence_multitask import (
-    CPU_BATCH_TOKENS,
-    labelled,
-    length_sorted_batches,
-    load_tokenizer,
-    not_a_model_folder,
-)
+from .batching_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches
+from .inference_sentence_multitask import labelled, load_tokenizer, not_a_model_folder
 from .modeling_sentence_multitask import SentenceMultiTaskModel
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """Inference shared by the PyTorch model and the ONNX model: text checks, precision, tokenising with one truncation
-warning per call, length-sorted batching, pooling, the task heads and the `encode` / `predict` API on top of them.
+warning per call (batching is in batching_sentence_multitask.py), pooling, the task heads and the `encode` /
+`predict` API on top of them.
 
 This file travels with every saved model, next to the modeling file that imports it, and is executed by
 ``trust_remote_code``. It imports torch, transformers' tokenizers and the standard library, not transformers'
@@ -12,25 +13,20 @@ import contextlib
 import functools
 import json
 import logging
-import numbers
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer
 
+from .batching_sentence_multitask import CPU_BATCH_TOKENS, max_tokens, to_device, token_ids
 from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_BAR_MIN_TEXTS = 256
-# On CPU a batch holds at most this many tokens (rows x padded width), so that the largest activation stays under
-# glibc's mmap threshold: freed activations are then reused from the heap instead of being mapped and page-faulted
-# afresh on every layer (docs/performance.md has the measurement).
-CPU_BATCH_TOKENS = 2048
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 IGNORE_INDEX = -100  # class id of a row without a label for a single-label task
 
@@ -194,84 +190,6 @@ def _label_results(outputs: Mapping[str, torch.Tensor], config, return_all_score
                 entry["scores"] = dict(zip(labels, probs_list[i]))
             results[i][task] = entry
     return results
-
-
-def max_tokens(max_length: int | None, default: int, *limits: int | None) -> int:
-    """
-    The number of tokens texts are truncated to: `max_length`, or the model's `default` when it is None, capped at
-    each of `limits` that is a positive integer (the encoder's `max_position_embeddings`, the tokenizer's
-    `model_max_length`): the encoder has no position embedding past them.
-    """
-    cap = min((limit for limit in limits if isinstance(limit, int) and limit > 0), default=None)
-    if max_length is None:
-        max_length = default
-    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 2:
-        valid = f"from 2 to {cap}" if cap else "at least 2"
-        raise ValueError(f"max_length must be an integer {valid} (a text needs [CLS] and [SEP]), got {max_length!r}; "
-                         f"leave it None for the model's default ({default}).")
-    return int(max_length) if cap is None else min(int(max_length), cap)
-
-
-def token_ids(encode: Callable[[list[str], int], list[list[int]]], texts: list[str],
-              max_length: int) -> tuple[list[list[int]], int]:
-    """
-    Token ids of every text, truncated to `max_length` tokens (see `max_tokens`), and how many texts were cut.
-    `encode(texts, limit)` tokenises with special tokens, truncating to `limit` tokens.
-    """
-    # One token more than allowed tells which texts were cut, without a second full pass.
-    ids = encode(texts, max_length + 1)
-    cut = [i for i, row in enumerate(ids) if len(row) > max_length]
-    for i, row in zip(cut, encode([texts[i] for i in cut], max_length) if cut else []):
-        ids[i] = row
-    return ids, len(cut)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """`tensor` on `device`; to a GPU through pinned memory without waiting, so that the host prepares the next batch
-    while the device runs this one."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def length_sorted_batches(
-    texts: list[str],
-    tokenize: Callable[[list[str]], list[list[int]]],
-    batch_size: int,
-    *,
-    pad_id: int,
-    device: torch.device,
-    token_cap: int | None,
-    show_progress_bar: bool | None,
-    progress_bar: Callable[..., Any],
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """
-    Tokenise once with `tokenize(texts)`, then yield `(positions, inputs)` batches of similar length, longest first:
-    at most `batch_size` texts and, with `token_cap`, at most that many tokens per batch (but always one text).
-    `progress_bar` is a tqdm-like class, shown by default for `PROGRESS_BAR_MIN_TEXTS` texts or more.
-    """
-    if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    batch_size = int(batch_size)  # numpy integers too
-    ids = tokenize(texts)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    if show_progress_bar is None:
-        show_progress_bar = len(texts) >= PROGRESS_BAR_MIN_TEXTS
-    progress = progress_bar(total=len(order), desc="Texts", disable=not show_progress_bar)
-    start = 0
-    while start < len(order):
-        width = len(ids[order[start]])  # longest first: the first text of a batch sets its width
-        count = batch_size if token_cap is None else max(1, min(batch_size, token_cap // max(width, 1)))
-        positions = order[start : start + count]
-        start += len(positions)
-        rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
-        mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
-        yield positions, {"input_ids": to_device(torch.tensor(rows, dtype=torch.long), device),
-                          "attention_mask": to_device(torch.tensor(mask, dtype=torch.long), device)}
-        progress.update(len(positions))
-    progress.close()
-
 
 
 def check_json_file(path: str | os.PathLike) -> None:
@@ -468,20 +386,15 @@ class SentenceInferenceMixin:
 
 
 __all__ = [
-    "CPU_BATCH_TOKENS",
     "IGNORE_INDEX",
     "PRECISIONS",
-    "PROGRESS_BAR_MIN_TEXTS",
     "SentenceInferenceMixin",
     "TaskHead",
     "check_texts",
     "labelled",
-    "length_sorted_batches",
     "load_tokenizer",
-    "max_tokens",
     "not_a_model_folder",
     "pool",
     "resolve_precision",
     "serve",
-    "token_ids",
 ]

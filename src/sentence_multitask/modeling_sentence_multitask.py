@@ -25,6 +25,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import ModelOutput, logging
 from transformers.utils.logging import tqdm
 
+from .batching_sentence_multitask import length_sorted_batches
 from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
 from .inference_sentence_multitask import (
     SentenceInferenceMixin,
@@ -32,7 +33,6 @@ from .inference_sentence_multitask import (
     attention_kernels,
     check_json_file,
     labelled,
-    length_sorted_batches,
     load_tokenizer,
     not_a_model_folder,
     pool,

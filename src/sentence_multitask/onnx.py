@@ -23,12 +23,12 @@ from torch import nn
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
+from .batching_sentence_multitask import length_sorted_batches
 from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
 from .inference_sentence_multitask import (
     SentenceInferenceMixin,
     check_texts,
     files_a_save_would_replace,
-    length_sorted_batches,
     load_tokenizer,
     serve,
 )

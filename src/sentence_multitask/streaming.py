@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .batching_sentence_multitask import prefetch
 
 CHUNK_ROWS = 10_000
 # Input file formats by suffix: the `datasets` builder and its options (a CSV's text column is read as written).
@@ -193,43 +193,6 @@ def read_table_texts(path: str, text_column: str | None) -> list[str]:
 def _chunks(dataset, rows: int) -> Iterator:
     """`dataset` as Arrow tables of `rows` rows (the last one shorter)."""
     return dataset.with_format("arrow").iter(batch_size=rows)
-
-
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """The items of `items`, produced by a background thread up to `depth` ahead (an error there is raised here)."""
-    handoff: queue.Queue = queue.Queue(depth)
-    stop, end = threading.Event(), object()
-
-    def hand_over(item, error=None) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put((item, error), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer has gone
-
-    def produce():
-        try:
-            for item in items:
-                if not hand_over(item):
-                    return
-            hand_over(end)
-        except BaseException as error:  # noqa: BLE001 - raised in the consumer
-            hand_over(end, error)
-
-    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = handoff.get()
-            if error is not None:
-                raise error
-            if item is end:
-                return
-            yield item
-    finally:
-        stop.set()
 
 
 # -------------------------------------------------------------------------------------------------------- output
