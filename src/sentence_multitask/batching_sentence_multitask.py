@@ -23,6 +23,9 @@ CPU_BATCH_TOKENS = 2048
 # Texts tokenised and sorted by length together. A call with more texts goes a window at a time, and a background
 # thread tokenises the next window while the model runs this one (tokenisers release the GIL).
 SORT_WINDOW = 8192
+# Texts per forward pass when a call names none: on a GPU small batches leave the device waiting on the host (launch
+# overhead per batch), on CPU a batch is also cut to CPU_BATCH_TOKENS tokens.
+CPU_BATCH_SIZE, GPU_BATCH_SIZE = 32, 512
 
 
 def max_tokens(max_length: int | None, default: int, *limits: int | None) -> int:
@@ -101,6 +104,11 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
         stop.set()
 
 
+def default_batch_size(device: torch.device | str) -> int:
+    """Texts per forward pass on `device` when a call names none."""
+    return GPU_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
+
+
 def _window_batches(ids: list[list[int]], first: int, batch_size: int, pad_id: int, token_cap: int | None,
                     pin: bool) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
     """The batches (host tensors) of one window's token ids, longest first; positions count from `first`."""
@@ -113,7 +121,8 @@ def _window_batches(ids: list[list[int]], first: int, batch_size: int, pad_id: i
         start += len(positions)
         rows = [ids[i] + [pad_id] * (width - len(ids[i])) for i in positions]
         mask = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in positions]
-        inputs = {"input_ids": torch.tensor(rows, dtype=torch.long), "attention_mask": torch.tensor(mask, dtype=torch.long)}
+        inputs = {"input_ids": torch.tensor(rows, dtype=torch.long),
+                  "attention_mask": torch.tensor(mask, dtype=torch.long)}
         if pin:
             inputs = {name: tensor.pin_memory() for name, tensor in inputs.items()}
         batches.append(([first + i for i in positions], inputs))
@@ -123,7 +132,7 @@ def _window_batches(ids: list[list[int]], first: int, batch_size: int, pad_id: i
 def length_sorted_batches(
     texts: list[str],
     tokenize: Callable[[list[str]], list[list[int]]],
-    batch_size: int,
+    batch_size: int | None,
     *,
     pad_id: int,
     device: torch.device,
@@ -133,16 +142,20 @@ def length_sorted_batches(
     window: int | None = None,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """
-    Yield `(positions, inputs)` batches of similar length on `device`: at most `batch_size` texts and, with
+    Yield `(positions, inputs)` batches of similar length on `device`: at most `batch_size` texts (None:
+    `GPU_BATCH_SIZE` on a GPU, else `CPU_BATCH_SIZE`) and, with
     `token_cap`, at most that many tokens per batch (but always one text). Texts go `window` (None: `SORT_WINDOW`)
     at a time: tokenised with `tokenize(texts)`, sorted longest first and padded per batch; with more than one
     window, a background thread prepares the next window while the caller runs the model on this one.
     `progress_bar` is a tqdm-like class, shown by default for `PROGRESS_BAR_MIN_TEXTS` texts or more.
     """
+    device = torch.device(device)
+    if batch_size is None:
+        batch_size = default_batch_size(device)
     if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     batch_size = int(batch_size)  # numpy integers too
-    device, window = torch.device(device), window or SORT_WINDOW
+    window = window or SORT_WINDOW
     windows = (_window_batches(tokenize(texts[first : first + window]), first, batch_size, pad_id, token_cap,
                                device.type == "cuda")
                for first in range(0, len(texts), window))

@@ -189,7 +189,8 @@ def cmd_embed(args) -> int:
     texts = read_texts(args)
     model = load_model(args.model, **model_options(args))
     embeddings = model.encode(texts, batch_size=args.batch_size, normalize=not args.no_normalize)
-    write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]} for text, vector in zip(texts, embeddings))
+    write_jsonl({"text": text, "embedding": [round(float(v), 7) for v in vector]}
+                for text, vector in zip(texts, embeddings))
     return 0
 
 
@@ -248,8 +249,8 @@ def write_endpoint_handler(folder: str) -> str:
     from importlib import resources
 
     if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ValueError(f"{folder}: no saved model (no config.json); --model takes a folder saved by `sentence-multitask "
-                         "train` or save_pretrained.")
+        raise ValueError(f"{folder}: no saved model (no config.json); --model takes a folder saved by "
+                         "`sentence-multitask train` or save_pretrained.")
     code = resources.files(__package__).joinpath("handler.py").read_text(encoding="utf-8")
     target = os.path.join(folder, "handler.py")
     if os.path.exists(target):
@@ -353,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         ".parquet) with a text column; - for stdin (one text per line).")
         sub.add_argument("--text_column", "--text-column",
                          help="Text column of a table --file or of --input (default: text).")
-        sub.add_argument("--batch_size", "--batch-size", type=positive_int, default=32, help="Texts per forward pass.")
+        sub.add_argument("--batch_size", "--batch-size", type=positive_int,
+                         help="Texts per forward pass (default: 512 on a GPU, 32 elsewhere).")
         runtime_options(sub, recheck=name == "predict")
         runs = sub.add_argument_group("dataset runs (--input to --output, any size; see docs/scale.md)")
         runs.add_argument("--input", help="CSV, TSV, JSON, JSON Lines, Parquet, plain text (one text per line), a "

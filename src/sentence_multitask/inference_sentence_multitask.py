@@ -264,7 +264,8 @@ class SentenceInferenceMixin:
 
     def _max_tokens(self, max_length: int | None, tokenizer) -> int:
         """`max_length` checked, None the config's, capped at what the encoder and the tokenizer take."""
-        return max_tokens(max_length, self.config.max_length, getattr(self.config.encoder, "max_position_embeddings", None),
+        encoder_limit = getattr(self.config.encoder, "max_position_embeddings", None)
+        return max_tokens(max_length, self.config.max_length, encoder_limit,
                           getattr(tokenizer, "model_max_length", None))
 
     # Precision of encode/predict when a call names none: "fp32" (exact), "bf16", "fp16" or "auto".
@@ -315,7 +316,7 @@ class SentenceInferenceMixin:
     def encode(
         self,
         texts: str | Sequence[str],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         normalize: bool = True,
         convert_to: str = "numpy",
         max_length: int | None = None,
@@ -327,8 +328,9 @@ class SentenceInferenceMixin:
 
         Args:
             texts: one string or a list of strings.
-            batch_size: texts per forward pass (batches hold texts of similar length; on CPU a batch of long texts
-                is cut to at most `cpu_batch_tokens` tokens, which is faster and gives the same results).
+            batch_size: texts per forward pass (default: 512 on a GPU, 32 elsewhere). Batches hold texts of similar
+                length; on CPU a batch of long texts is cut to at most `cpu_batch_tokens` tokens, which is faster and
+                gives the same results.
             normalize: L2-normalise each embedding (cosine similarity becomes a dot product).
             convert_to: `"numpy"` or `"torch"`.
             max_length: truncate texts to this many tokens, at least 2 and at most the encoder's position limit
@@ -344,7 +346,8 @@ class SentenceInferenceMixin:
         """
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}.")
-        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False, precision=precision)
+        embeddings, _ = self._run(texts, batch_size, max_length, show_progress_bar, with_heads=False,
+                                  precision=precision)
         if normalize:
             embeddings = nn.functional.normalize(embeddings, p=2, dim=-1)
         if isinstance(texts, str):
@@ -354,7 +357,7 @@ class SentenceInferenceMixin:
     def predict(
         self,
         texts: str | Sequence[str],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         return_all_scores: bool = False,
         max_length: int | None = None,
         show_progress_bar: bool | None = None,
@@ -375,7 +378,8 @@ class SentenceInferenceMixin:
         return results[0] if isinstance(texts, str) else results
 
     def predict_proba(
-        self, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None, precision: str | None = None
+        self, texts: Sequence[str], batch_size: int | None = None, max_length: int | None = None,
+        precision: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per task, a tensor of shape `(len(texts), num_labels)` in the configured label order: class probabilities
         (single-label: softmax; multi-label: one sigmoid per label), or a regression task's values in its targets'

@@ -29,7 +29,7 @@ class SentenceMultiTaskPredictor:
     """
 
     def __init__(self, model: str, *, embed: bool = False, text_column: str = "text",
-                 keep_columns: Sequence[str] = (), batch_size: int = 32, return_all_scores: bool = False,
+                 keep_columns: Sequence[str] = (), batch_size: int | None = None, return_all_scores: bool = False,
                  normalize: bool = True, max_length: int | None = None, backend: str = "torch",
                  device: str | None = None, precision: str | None = "fp32", threads: int | None = None,
                  recheck_margin: float | None = None):
@@ -38,7 +38,8 @@ class SentenceMultiTaskPredictor:
         self.model = load_model(model, backend=backend, device=device, precision=precision, threads=threads,
                                 recheck_margin=recheck_margin)
         self.text_column, self.keep_columns = text_column, list(keep_columns)
-        self.options = {"embed": embed, "batch_size": batch_size, "return_all_scores": return_all_scores, "normalize": normalize,
+        self.options = {"embed": embed, "batch_size": batch_size, "return_all_scores": return_all_scores,
+                        "normalize": normalize,
                         "max_length": max_length}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -50,8 +50,9 @@ def result_columns(results: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[s
     return {name: [row.get(name) for row in rows] for name in names}
 
 
-def output_columns(model, texts: list[str], *, embed: bool = False, batch_size: int = 32, return_all_scores: bool = False,
-                   normalize: bool = True, max_length: int | None = None) -> dict[str, Any]:
+def output_columns(model, texts: list[str], *, embed: bool = False, batch_size: int | None = None,
+                   return_all_scores: bool = False, normalize: bool = True,
+                   max_length: int | None = None) -> dict[str, Any]:
     """The columns `model` adds to rows with `texts`: `embedding` (a float32 array, one row per text) when `embed`,
     else the prediction columns of `result_columns`."""
     if embed:
@@ -85,8 +86,8 @@ def check_columns(available: Sequence[str] | None, text_column: str, keep_column
 
 
 def predict_dataset(model, dataset, text_column: str = "text", keep_columns: Sequence[str] | None = None,
-                    batch_size: int = 32, *, embed: bool = False, return_all_scores: bool = False, normalize: bool = True,
-                    max_length: int | None = None, chunk_size: int = CHUNK_ROWS):
+                    batch_size: int | None = None, *, embed: bool = False, return_all_scores: bool = False,
+                    normalize: bool = True, max_length: int | None = None, chunk_size: int = CHUNK_ROWS):
     """
     `dataset` (a `datasets.Dataset` or `IterableDataset`) with the model's columns added by `dataset.map(...,
     batched=True)`: per task `<task>_label` and `<task>_score` (see `result_columns`), or `embedding` when `embed`.
@@ -94,7 +95,8 @@ def predict_dataset(model, dataset, text_column: str = "text", keep_columns: Seq
     Args:
         text_column: the column of texts.
         keep_columns: the input columns to keep beside the new ones (None: all of them).
-        batch_size: texts per forward pass; `chunk_size` rows go to the model at a time (sorted by length there).
+        batch_size: texts per forward pass (None: the model's default); `chunk_size` rows go to the model at a time
+            (sorted by length there).
         embed, return_all_scores, normalize, max_length: as for `model.encode` / `model.predict`.
 
     Returns:
@@ -383,7 +385,7 @@ def _join_parts(parts: list[str], output_format: str, path: str) -> None:
 
 
 def stream_to_output(model, source: str, output: str, *, embed: bool = False, text_column: str = "text",
-                     keep_columns: Sequence[str] = (), batch_size: int = 32, chunk_rows: int = CHUNK_ROWS,
+                     keep_columns: Sequence[str] = (), batch_size: int | None = None, chunk_rows: int = CHUNK_ROWS,
                      return_all_scores: bool = False, normalize: bool = True, max_length: int | None = None,
                      output_format: str | None = None, resume: bool = False, progress: bool = True,
                      settings: Mapping[str, Any] | None = None) -> int:
@@ -398,7 +400,8 @@ def stream_to_output(model, source: str, output: str, *, embed: bool = False, te
     target = PartedOutput.at(output, output_format)
     keep_columns = list(keep_columns)
     run = {"input": os.path.abspath(source), "embed": embed, "text_column": text_column, "keep_columns": keep_columns,
-           "chunk_rows": chunk_rows, "return_all_scores": return_all_scores, "normalize": normalize, "max_length": max_length,
+           "chunk_rows": chunk_rows, "return_all_scores": return_all_scores, "normalize": normalize,
+           "max_length": max_length,
            "format": target.format, **(settings or {})}
     dataset, total = load_input(source, text_column)
     check_columns(dataset.column_names, text_column, keep_columns, source)
@@ -416,8 +419,9 @@ def stream_to_output(model, source: str, output: str, *, embed: bool = False, te
             for table in prefetch(_chunks(dataset, chunk_rows)):
                 check_columns(table.column_names, text_column, keep_columns, source)
                 texts = column_texts(table.column(text_column).to_pylist(), text_column, skipped + rows, source)
-                columns = output_columns(model, texts, embed=embed, batch_size=batch_size, return_all_scores=return_all_scores,
-                                         normalize=normalize, max_length=max_length)
+                columns = output_columns(model, texts, embed=embed, batch_size=batch_size,
+                                         return_all_scores=return_all_scores, normalize=normalize,
+                                         max_length=max_length)
                 target.write(index, arrow_table(table.select(keep_columns), columns))
                 index, rows = index + 1, rows + len(texts)
                 bar.update(len(texts))
