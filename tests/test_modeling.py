@@ -151,6 +151,17 @@ def test_an_error_while_preparing_a_window_is_raised_to_the_caller(tiny_model):
                                    show_progress_bar=False, progress_bar=tqdm, window=8))
 
 
+def test_the_default_batch_is_large_on_a_gpu_and_small_elsewhere(tiny_model):
+    from sentence_multitask.batching_sentence_multitask import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
+    from sentence_multitask.batching_sentence_multitask import length_sorted_batches as batches
+
+    assert default_batch_size("cuda:0") == GPU_BATCH_SIZE >= 8 * CPU_BATCH_SIZE == 8 * default_batch_size("cpu")
+    texts = ["short text"] * 100
+    sizes = [len(p) for p, _ in batches(texts, lambda b: tiny_model._tokenize(b, None), None, pad_id=0, device="cpu",
+                                        token_cap=None, show_progress_bar=False, progress_bar=tqdm)]
+    assert sizes == [CPU_BATCH_SIZE] * 3 + [100 - 3 * CPU_BATCH_SIZE]
+
+
 def test_attention_stays_off_cudnn_on_cuda(tiny_encoder, monkeypatch):
     """On CUDA, SDPA's cuDNN attention builds a plan for every new batch width, and length-grouped batches come in many
     widths: on an H200 bf16 training ran at 323 examples/s with it and 1,472 without (fp32: 1,468). The forward pass
