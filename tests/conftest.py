@@ -27,6 +27,10 @@ REFERENCE_TASKS = {
 }
 SENTENCES = ["The dog ran across the grass.", "The cat jumped into the weeds.", "Why is the sky blue?"]
 
+# The test files' helper modules get pytest's detailed assertion messages too (registered before a test imports one).
+pytest.register_assert_rewrite(*(f"{__package__}.{name}" if __package__ else name
+                                 for name in ("training_helpers", "reliability_helpers")))
+
 
 def pytest_runtest_teardown(item):
     """Move what earlier tests left alive out of the garbage collector's sight: the Trainer collects in full at every
@@ -109,6 +113,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     try:
         status = main(argv)
     except SystemExit as exit:
-        status, message = (exit.code or 0, "") if isinstance(exit.code, int) or exit.code is None else (1, f"{exit.code}\n")
+        status, message = ((exit.code or 0, "") if isinstance(exit.code, int) or exit.code is None
+                           else (1, f"{exit.code}\n"))
     out, err = capsys.readouterr()
     return status, out, err + message

@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # imported by a test rather than run as a script: for the modules beside this one
+    sys.path.insert(0, str(HERE))
+from common import TASKS, read_jsonl, write_jsonl  # noqa: E402
+from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
+
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
-TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
-         "sentiment": ["negative", "neutral", "positive"]}
-FRACTIONS = (0.01, 0.05, 0.2, 1.0)
-NEW_STRATEGY_FRACTIONS = (0.01, 0.05)
 SUBSAMPLE_SEED = 20240611
 MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer steps
 SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
@@ -54,19 +55,6 @@ ENSEMBLE_SEEDS = (42, 7, 13)  # the single-task models of the `ceiling` step's e
 TOPIC_RECIPES = {"topic_epochs4": {"num_train_epochs": 4},
                  "topic_label_smoothing": {"num_train_epochs": 3, "label_smoothing_factor": 0.1},
                  "topic_lr5e-5": {"num_train_epochs": 3, "learning_rate": 5e-5}}
-PSEUDO_PER_CLASS = 2000  # self-training: the teacher's most confident texts per predicted label that join training
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def scores(predicted, references, labels) -> dict:
@@ -78,7 +66,7 @@ def scores(predicted, references, labels) -> dict:
     return result
 
 
-class Experiment:
+class Experiment(LimitedDataStudy):
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = Path(out).resolve()
         self.smoke = smoke
@@ -149,7 +137,8 @@ class Experiment:
         seconds = time.time() - started
         metrics = json.loads((run_dir / "model" / "eval_results.json").read_text())
         result = {"metrics": self._task_metrics(metrics), "seconds": round(seconds, 1),
-                  "epochs": merged["num_train_epochs"], "command": f"sentence-multitask train {options_path.relative_to(self.out)}"}
+                  "epochs": merged["num_train_epochs"],
+                  "command": f"sentence-multitask train {options_path.relative_to(self.out)}"}
         self.results["runs"][name] = result
         self.save()
         print(f"{name}: {json.dumps(result['metrics'])} ({seconds:.0f} s)", flush=True)
@@ -243,11 +232,13 @@ class Experiment:
         self.tfidf()
         self.frozen()
         files = self.files
-        self.train("multitask", {"train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
+        self.train("multitask", {"train_files": [f"topic={files['topic_train']}",
+                                                 f"sentiment={files['sentiment_train']}"],
                                  "validation_files": self.validation("topic", "sentiment")})
         self.train("single_topic", {"tasks": ["topic"], "train_files": [f"topic={files['topic_train']}"],
                                     "validation_files": self.validation("topic")})
-        self.train("single_sentiment", {"tasks": ["sentiment"], "train_files": [f"sentiment={files['sentiment_train']}"],
+        self.train("single_sentiment", {"tasks": ["sentiment"],
+                                        "train_files": [f"sentiment={files['sentiment_train']}"],
                                         "validation_files": self.validation("sentiment")})
 
     def distilled(self) -> None:
@@ -262,7 +253,8 @@ class Experiment:
         self.train("multitask_distilled", {
             "train_files": [f"topic={files['topic_train']}", f"sentiment={files['sentiment_train']}"],
             "validation_files": self.validation("topic", "sentiment"),
-            "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={runs / 'single_sentiment' / 'model'}"]})
+            "teachers": [f"topic={runs / 'single_topic' / 'model'}",
+                         f"sentiment={runs / 'single_sentiment' / 'model'}"]})
 
     def search(self, name: str, options: dict) -> dict:
         """`train --hp_search` on SEARCH_ROWS rows per file: the best trial's options as train options (the search
@@ -406,101 +398,6 @@ class Experiment:
         self.save()
         print("reproduction:", json.dumps(self.results["reproduction"]), flush=True)
 
-    def limited_data(self) -> None:
-        """Sentiment at 1/5/20/100 %: single-task, joint multi-task, sequential (topic model -> frozen encoder); at 1
-        and 5 %, also the strategies of NEW_STRATEGY_FRACTIONS (distilled, up-sampled, sequential with top layers). The
-        smoke run trains 1 % (all methods) and 100 % only."""
-        files = self.files
-        topic_model = self.out / "runs" / "single_topic" / "model"
-        if "single_topic" not in self.results["runs"]:
-            self.main_table()
-        fractions, new_fractions = ((0.01, 1.0), (0.01,)) if self.smoke else (FRACTIONS, NEW_STRATEGY_FRACTIONS)
-        for fraction in fractions:
-            subset = files[f"sentiment_train_{fraction}"]
-            key = f"sentiment_train_{fraction}"
-            if fraction == 1.0:
-                self.results["runs"].setdefault("limited_single_1.0", self.results["runs"]["single_sentiment"])
-                self.results["runs"].setdefault("limited_joint_1.0", self.results["runs"]["multitask"])
-            else:
-                self.train(f"limited_single_{fraction}", {"tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
-                                                          "validation_files": self.validation("sentiment"), "_rows": [key]})
-                self.train(f"limited_joint_{fraction}", {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
-                                                         "validation_files": self.validation("topic", "sentiment")})
-            # Sequential: phase 1 is the single-task topic run; phase 2 adds the sentiment head on the frozen encoder.
-            self.train(f"limited_sequential_{fraction}", {
-                "model": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
-                "labels": ["sentiment=negative,neutral,positive"], "train_files": [f"sentiment={subset}"],
-                "validation_files": self.validation("sentiment"), "_rows": [key]})
-            if fraction in new_fractions:
-                self.limited_strategies(fraction)
-        self.save()
-
-    def limited_strategies(self, fraction: float) -> None:
-        """At one sentiment fraction: joint distilled from the single-task models of the same data (topic: the main
-        table's, sentiment: the one trained on this subsample), joint with equal shares of both tasks per batch
-        (round_robin: the small task up-sampled), sequential with the top two encoder layers trainable at a low
-        learning rate (the topic model's other layers fixed; its topic accuracy measured after), and joint with
-        self-training (`self_trained`)."""
-        files, runs = self.files, self.out / "runs"
-        subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
-        joint = {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
-                 "validation_files": self.validation("topic", "sentiment")}
-        teacher = runs / f"limited_single_{fraction}" / "model"
-        if not (teacher / "config.json").is_file():  # models are not kept in the repository: train it again
-            self.results["runs"].pop(f"limited_single_{fraction}", None)
-            self.train(f"limited_single_{fraction}", {"tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
-                                                      "validation_files": self.validation("sentiment"), "_rows": [key]})
-        self.train(f"limited_distilled_{fraction}", {
-            **joint, "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={teacher}"]})
-        self.train(f"limited_upsampled_{fraction}", {**joint, "task_sampling": "round_robin"})
-        name = f"limited_sequential_top_{fraction}"
-        self.train(name, {
-            "model": str(runs / "single_topic" / "model"), "trainable_encoder_layers": 2, "learning_rate": 2e-5,
-            "tasks": ["sentiment"], "labels": ["sentiment=negative,neutral,positive"],
-            "train_files": [f"sentiment={subset}"], "validation_files": self.validation("sentiment"), "_rows": [key]})
-        self.self_trained(fraction, teacher, joint)
-        if "topic" not in self.results["runs"][name]["metrics"]:  # what the top layers' training cost the topic head
-            report = runs / name / "evaluate_topic.json"
-            self.command(["evaluate", "--model", str(runs / name / "model"), "--eval_files",
-                          *self.validation("topic"), "--output", str(report)], runs / name / "evaluate_topic.log")
-            topic = json.loads(report.read_text())["tasks"]["topic"]
-            self.results["runs"][name]["metrics"]["topic"] = {
-                metric: topic[metric] for metric in ("accuracy", "macro_f1", "macro_recall")}
-            self.save()
-
-    def self_trained(self, fraction: float, teacher: Path, joint: dict) -> None:
-        """Self-training, which also uses the unlabelled rest of the sentiment training texts (their gold labels are
-        not read): the single-task model of this subsample labels them, its PSEUDO_PER_CLASS most confident texts per
-        predicted label join the subsample as labelled rows, and the joint model trains on both. The pseudo-labels'
-        agreement with the hidden gold labels is recorded, as a diagnosis only."""
-        name = f"limited_self_trained_{fraction}"
-        if name in self.results["runs"]:
-            return
-        subset = self.files[f"sentiment_train_{fraction}"]
-        gold = read_jsonl(subset)
-        known = {row["text"] for row in gold}
-        rest = [row for row in read_jsonl(self.files["sentiment_train"]) if row["text"] not in known]
-        run_dir, data = self.out / "runs" / name, self.out / "data"
-        unlabelled, predicted = data / f"sentiment_unlabelled_{fraction}.jsonl", data / f"sentiment_predicted_{fraction}.jsonl"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl([{"text": row["text"]} for row in rest], unlabelled)
-        predicted.unlink(missing_ok=True)  # an earlier, interrupted run's (predict never overwrites)
-        self.command(["predict", "--model", str(teacher), "--input", str(unlabelled), "--output", str(predicted),
-                      "--keep_columns", "text", "--batch_size", "64"], run_dir / "predict.log")
-        hidden = {row["text"]: row["label"] for row in rest}
-        ranked = sorted(read_jsonl(predicted), key=lambda row: -row["sentiment_score"])
-        pseudo = [{"text": row["text"], "label": label} for label in TASKS["sentiment"]
-                  for row in [row for row in ranked if row["sentiment_label"] == label][:PSEUDO_PER_CLASS]]
-        combined = data / f"sentiment_self_trained_{fraction}.jsonl"
-        write_jsonl(gold + pseudo, combined)
-        self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
-        self.results["runs"][name]["pseudo_labels"] = {
-            "rows": len(pseudo), "unlabelled_texts": len(rest),
-            "per_label": {label: sum(row["label"] == label for row in pseudo) for label in TASKS["sentiment"]},
-            "agreement_with_hidden_gold": round(sum(hidden[row["text"]] == row["label"] for row in pseudo)
-                                                / max(1, len(pseudo)), 4)}
-        self.save()
-
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -537,8 +434,6 @@ def main(argv=None) -> None:
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
-    if str(HERE) not in sys.path:  # imported by a test rather than run as a script
-        sys.path.insert(0, str(HERE))
     from report import write_report
 
     write_report(args.out)

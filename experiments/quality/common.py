@@ -1,0 +1,21 @@
+"""What run.py and the study modules beside it share: the tasks and their labels, and JSON Lines files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
+         "sentiment": ["negative", "neutral", "positive"]}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
