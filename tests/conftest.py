@@ -6,9 +6,12 @@ in-process (`run_cli`); a fresh interpreter (`run_python`) only where the proces
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One intra-op thread (set before torch is imported; inherited by every subprocess): the tiny encoder's operations are
 # too small to share, and torchrun's processes would otherwise compete for the same cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A datasets cache of the test session's own (set before datasets is imported; subprocesses and xdist workers share
+# it): tests neither read what other runs cached (teacher logits, loaded files) nor leave files in the user's cache.
+if "HF_DATASETS_CACHE" not in os.environ:
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="sentence-multitask-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], True)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -143,6 +143,37 @@ def test_teacher_labels_in_another_order_are_mapped_by_name(tiny_encoder, teache
     assert list(batch["teacher_logits"]) == ["sentiment"] and batch["teacher_logits"]["sentiment"].shape == (3, 2)
 
 
+def test_teacher_logits_are_cached_and_read_back_until_the_teacher_or_the_data_changes(tmp_path, tiny_encoder, teachers,
+                                                                                       monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
+    ids = [tokenizer(text)["input_ids"] for text in ("the team won", "what a joy it was", "the app crashes")]
+    data = datasets.Dataset.from_dict({"input_ids": ids, LABEL_PREFIX + "topic": [0, IGNORE, 2]})
+    first = add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)[TEACHER_PREFIX + "topic"]
+    assert len(list((tmp_path / "cache" / "sentence_multitask_teacher_logits").glob("*.npy"))) == 1
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the teacher ran although its logits are cached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(SentenceMultiTaskModel, "forward", no_forward)
+        again = add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)[TEACHER_PREFIX + "topic"]
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+    other_teacher = save_teacher(tmp_path / "other", tiny_encoder, {"topic": TASKS["topic"]}, seed=5)
+    add_teacher_logits(data, {"topic": other_teacher}, student, tokenizer)
+    other_rows = data.map(lambda row: {"input_ids": row["input_ids"][:-2] + row["input_ids"][-1:]})
+    add_teacher_logits(other_rows, {"topic": teachers["topic"]}, student, tokenizer)
+    assert len(list((tmp_path / "cache" / "sentence_multitask_teacher_logits").glob("*.npy"))) == 3
+    with monkeypatch.context() as patched:
+        patched.setattr(datasets, "is_caching_enabled", lambda: False)
+        patched.setattr(SentenceMultiTaskModel, "forward", no_forward)
+        with pytest.raises(AssertionError, match="the teacher ran"):
+            add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)
+
+
 def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_path, tiny_encoder, teachers):
     from transformers import AutoTokenizer
 

@@ -12,7 +12,10 @@ where the teacher weight `w` goes linearly from 1 to 0 over training (teacher an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,31 +90,73 @@ def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> di
     return checked
 
 
+def teacher_logits_key(teacher: SentenceMultiTaskModel, task: str, order: Sequence[int], ids: Sequence[Sequence[int]],
+                       precision: str, device: torch.device) -> str:
+    """What the teacher logits of `task` depend on, hashed: the teacher's weights and pooling, the label order, the
+    token ids, the precision and the kind of device (a GPU's fp32 differs from a CPU's in the last bits)."""
+    digest = hashlib.sha256(json.dumps([task, list(order), teacher.config.pooling, precision, device.type]).encode())
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    digest.update(np.asarray([len(row) for row in ids], dtype=np.int64).tobytes())
+    digest.update(np.asarray([token for row in ids for token in row], dtype=np.int64).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def teacher_logits_cache() -> str | None:
+    """The folder of cached teacher logits, in the `datasets` cache (`HF_DATASETS_CACHE`); None where `datasets`
+    caching is off (`datasets.disable_caching()`)."""
+    if not datasets.is_caching_enabled():
+        return None
+    return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "sentence_multitask_teacher_logits")
+
+
 def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], student_config, tokenizer,
                        device: torch.device | str = "cpu", batch_size: int = 128,
                        bf16: bool = False) -> datasets.Dataset:
     """`dataset` with a `teacher_<task>` column per teacher: its logits in the student's label order on the rows
-    labelled for the task, NaN on the others. One batched, length-sorted pass per teacher, under inference mode."""
+    labelled for the task, NaN on the others. One batched, length-sorted pass per teacher, under inference mode; the
+    result is cached (`teacher_logits_cache`), so a later run with the same teacher and data reads it back."""
     device = torch.device(device)
+    cache = teacher_logits_cache()
     for task, order in check_teachers(teachers, student_config, tokenizer).items():
         source = teachers[task]
         teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
         rows = np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task])))
         ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
-        logits = np.full((len(dataset), len(order)), np.nan, dtype=np.float32)
-        logger.info("Teacher logits of task %r from %s on %d rows", task, source, len(rows))
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-        # The rows are token ids already: the identity "tokenizer" hands them to the shared length-sorted batching.
-        batches = length_sorted_batches(ids, lambda texts: texts, batch_size, pad_id=tokenizer.pad_token_id or 0,
-                                        device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
-                                        show_progress_bar=None, progress_bar=tqdm)
-        with torch.inference_mode(), autocast:
-            for positions, inputs in batches:
-                scores = teacher(**inputs).logits[task][:, order]
-                logits[rows[positions]] = scores.float().cpu().numpy()
+        path = cache and os.path.join(
+            cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device) + ".npy")
+        if path and os.path.isfile(path):
+            logger.info("Teacher logits of task %r from %s: read from the cache, %s", task, source, path)
+            logits = np.load(path)
+        else:
+            logits = _teacher_logits(teacher, task, order, ids, rows, len(dataset), tokenizer, device, batch_size, bf16)
+            logger.info("Teacher logits of task %r from %s on %d rows%s", task, source, len(rows),
+                        f", cached in {path}" if path else "")
+            if path:
+                os.makedirs(cache, exist_ok=True)
+                partial = f"{path}.{os.getpid()}.partial.npy"
+                np.save(partial, logits)
+                os.replace(partial, path)  # complete or absent, whoever else writes the same file
         del teacher
         dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
     return dataset
+
+
+def _teacher_logits(teacher, task: str, order: Sequence[int], ids: list, rows: np.ndarray, total: int, tokenizer,
+                    device: torch.device, batch_size: int, bf16: bool) -> np.ndarray:
+    """The teacher's logits of `task` (student's label order) on `rows` of `total`, NaN on the others."""
+    logits = np.full((total, len(order)), np.nan, dtype=np.float32)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    # The rows are token ids already: the identity "tokenizer" hands them to the shared length-sorted batching.
+    batches = length_sorted_batches(ids, lambda texts: texts, batch_size, pad_id=tokenizer.pad_token_id or 0,
+                                    device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
+                                    show_progress_bar=None, progress_bar=tqdm)
+    with torch.inference_mode(), autocast:
+        for positions, inputs in batches:
+            scores = teacher(**inputs).logits[task][:, order]
+            logits[rows[positions]] = scores.float().cpu().numpy()
+    return logits
 
 
 def teacher_weight(step: int, max_steps: int, annealing: str = "linear", constant: float = 0.5) -> float:

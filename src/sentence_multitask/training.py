@@ -140,9 +140,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         return model
 
     model = make_model(weights)
-    if teachers:  # once, before training (and before any search trial)
-        data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
-                                        args.per_device_eval_batch_size, args.bf16)
+    if teachers:  # once, before training (and before any search trial); the first process fills the cache
+        with args.main_process_first(desc="teacher logits"):
+            data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
+                                            args.per_device_eval_batch_size, args.bf16)
     collator = DistillationCollator if teachers else MultiTaskCollator
     metrics = MultiTaskMetrics(data.tasks, model.config)
     if data.validation is not None and len(rows_with_labels(data.validation, list(data.tasks))) == 0:
