@@ -12,8 +12,9 @@ results="${OUT:-benchmarks/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$results/gpu_check.txt"
 python3 -c "import torch, transformers as t, datasets as d; print(torch.__version__, t.__version__, d.__version__)" \
     | tee -a "$results/gpu_check.txt"
+log="$results/gpu_check.txt"
 failed=0  # the benchmark runs even when a test fails
-python3 -m pytest -p no:cacheprovider -o addopts="" -q tests/test_cuda.py 2>&1 | tee -a "$results/gpu_check.txt" || failed=1
+python3 -m pytest -p no:cacheprovider -o addopts="" -q tests/test_cuda.py 2>&1 | tee -a "$log" || failed=1
 python3 benchmarks/gpu_throughput.py --texts "${TEXTS:-200000}" --precision bf16 \
-    --output "$results/gpu_throughput.json" 2>&1 | grep -v -e "it/s" -e "Warning" | tee -a "$results/gpu_check.txt" || failed=1
+    --output "$results/gpu_throughput.json" 2>&1 | grep -v -e "it/s" -e "Warning" | tee -a "$log" || failed=1
 exit "$failed"
