@@ -162,6 +162,14 @@ def test_teacher_logits_are_cached_and_read_back_until_the_teacher_or_the_data_c
         patched.setattr(SentenceMultiTaskModel, "forward", no_forward)
         again = add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)[TEACHER_PREFIX + "topic"]
     np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+    # The same labelled rows among other rows (another file's, unlabelled for the task) read the same logits back.
+    longer = datasets.concatenate_datasets([datasets.Dataset.from_dict({"input_ids": ids[:1], LABEL_PREFIX + "topic":
+                                                                        [IGNORE]}), data])
+    with monkeypatch.context() as patched:
+        patched.setattr(SentenceMultiTaskModel, "forward", no_forward)
+        shifted = add_teacher_logits(longer, {"topic": teachers["topic"]}, student, tokenizer)[TEACHER_PREFIX + "topic"]
+    assert np.isnan(shifted[0]).all()
+    np.testing.assert_array_equal(np.asarray(shifted[1:]), np.asarray(first))
     other_teacher = save_teacher(tmp_path / "other", tiny_encoder, {"topic": TASKS["topic"]}, seed=5)
     add_teacher_logits(data, {"topic": other_teacher}, student, tokenizer)
     other_rows = data.map(lambda row: {"input_ids": row["input_ids"][:-2] + row["input_ids"][-1:]})
@@ -172,6 +180,30 @@ def test_teacher_logits_are_cached_and_read_back_until_the_teacher_or_the_data_c
         patched.setattr(SentenceMultiTaskModel, "forward", no_forward)
         with pytest.raises(AssertionError, match="the teacher ran"):
             add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)
+
+
+def test_a_task_with_several_teachers_distils_from_their_mean_probabilities(tmp_path, tiny_encoder, teachers):
+    from transformers import AutoTokenizer
+
+    from sentence_multitask.distillation import parse_teachers
+
+    second = save_teacher(tmp_path / "second", tiny_encoder, {"sentiment": ["negative", "positive"]}, seed=9)
+    items = [f"sentiment={teachers['sentiment']}", f"topic={teachers['topic']}", f"sentiment={second}"]
+    parsed = parse_teachers(items)
+    assert parsed == {"sentiment": [teachers["sentiment"], second], "topic": [teachers["topic"]]}
+    with pytest.raises(ValueError, match="gives sentiment=.* twice"):
+        parse_teachers([*items, f"sentiment={second}"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    table = {**tokenizer(["what a joy", "it was awful", "the team won"]), LABEL_PREFIX + "sentiment": [1, 0, IGNORE]}
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
+    data = datasets.Dataset.from_dict(table)
+    ensemble = np.asarray(add_teacher_logits(data, {"sentiment": parsed["sentiment"]}, student, tokenizer)[
+        TEACHER_PREFIX + "sentiment"], dtype=np.float32)
+    members = [np.asarray(add_teacher_logits(data, {"sentiment": source}, student, tokenizer)[
+        TEACHER_PREFIX + "sentiment"], dtype=np.float32) for source in parsed["sentiment"]]
+    mean = np.mean([torch.from_numpy(m[:2]).softmax(-1).numpy() for m in members], axis=0)
+    np.testing.assert_allclose(np.exp(ensemble[:2]), mean, atol=1e-6)  # the second teacher's labels in another order
+    assert not np.allclose(members[0][:2], members[1][:2]) and np.isnan(ensemble[2]).all()
 
 
 def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_path, tiny_encoder, teachers):

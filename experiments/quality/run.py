@@ -13,6 +13,7 @@
                                                            # sentiment's classes weighted by inverse frequency
     python experiments/quality/run.py --only ceiling       # single-task topic recipes (more epochs, label
                                                            # smoothing, a lower learning rate) and three-seed ensembles
+    python experiments/quality/run.py --only ensemble_teachers  # the multi-task model distilled from those ensembles
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -347,6 +348,20 @@ class Experiment(LimitedDataStudy):
                 self.train(name, {**self.single_options(task), "seed": seed})
             self.ensemble(task, names)
 
+    def ensemble_teachers(self) -> None:
+        """The headline multi-task recipe distilled from the ensemble of the three single-task models per task of
+        `ceiling` (ENSEMBLE_SEEDS; `--teachers` names each task three times), trained with each seed of SEEDS: one
+        student, three teachers per task."""
+        self.ceiling()
+        runs = self.out / "runs"
+        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
+                "loss_balancing": "uncertainty"}
+        both["teachers"] = [f"{task}={runs / (f'single_{task}' + ('' if seed == SEEDS[0] else f'_seed{seed}'))}/model"
+                            for task in TASKS for seed in ENSEMBLE_SEEDS]
+        for seed in SEEDS:
+            suffix = "" if seed == SEEDS[0] else f"_seed{seed}"
+            self.train(f"tuned_multitask_uncertainty_ensemble{suffix}", {**both, "seed": seed})
+
     def ensemble(self, task: str, names: list[str]) -> None:
         key = f"ensemble_{task}"
         if key in self.results["runs"]:
@@ -403,7 +418,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                                 "limited", "all"),
+                                           "ensemble_teachers", "limited", "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -430,6 +445,8 @@ def main(argv=None) -> None:
         experiment.class_weighted()
     if args.only in ("ceiling", "all"):
         experiment.ceiling()
+    if args.only in ("ensemble_teachers", "all"):
+        experiment.ensemble_teachers()
     if args.only in ("limited", "all"):
         experiment.limited_data()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)

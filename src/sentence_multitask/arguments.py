@@ -173,7 +173,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
     teachers: list[str] | None = field(
         default=None,
         metadata={"help": "Distil each TASK from a saved sentence-multitask model that has it, `TASK=MODEL` (labels "
-                          "matched by name): its logits are computed once before training (BAM!, Clark et al. 2019)."},
+                          "matched by name): its logits are computed once before training (BAM!, Clark et al. 2019). "
+                          "A task named several times is distilled from the mean probabilities of its teachers."},
     )
     distillation_temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature T of the teacher term (scaled by T^2)."}

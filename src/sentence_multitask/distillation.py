@@ -37,16 +37,26 @@ logger = logging.getLogger(__name__)
 TEACHER_PREFIX = "teacher_"
 
 
-def parse_teachers(items: Sequence[str] | None) -> dict[str, str]:
-    """--teachers TASK=MODEL items as {task: model folder or Hub id}; a local path that is no folder is named here,
-    before any model or data is loaded."""
-    teachers = parse_key_values(items, "--teachers")
-    for task, source in teachers.items():
+def parse_teachers(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """--teachers TASK=MODEL items as {task: [model folder or Hub id, ...]}: a task named several times is distilled
+    from the ensemble of its teachers. A local path that is no folder is named here, before any model or data is
+    loaded."""
+    teachers: dict[str, list[str]] = {}
+    for item in items or []:
+        task, source = next(iter(parse_key_values([item], "--teachers").items()))
+        if source in teachers.get(task, []):
+            raise ValueError(f"--teachers gives {task}={source} twice; give each teacher once.")
         problem = not_a_model_folder(source)
         if problem:
             raise FileNotFoundError(f"--teachers {task}={source}: {source} {problem}; give the folder of a saved "
                                     "sentence-multitask model (or its Hub id).")
+        teachers.setdefault(task, []).append(source)
     return teachers
+
+
+def teacher_sources(teachers: Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
+    """{task: [source, ...]} of teachers given as one source or several per task."""
+    return {task: [sources] if isinstance(sources, str) else list(sources) for task, sources in teachers.items()}
 
 
 def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source: str) -> list[int]:
@@ -66,11 +76,13 @@ def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source
     return [theirs.index(label) for label in labels]
 
 
-def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> dict[str, list[int]]:
+def check_teachers(teachers: Mapping[str, str | Sequence[str]], student_config,
+                   tokenizer) -> dict[str, list[tuple[str, list[int]]]]:
     """Load each teacher's config and check it against the student (task, single-label type, label names,
-    vocabulary) before any teacher weights are read; returns each task's label order (`teacher_label_order`)."""
-    checked = {}
-    for task, source in teachers.items():
+    vocabulary) before any teacher weights are read; returns each task's teachers with their label order
+    (`teacher_label_order`)."""
+    checked: dict[str, list[tuple[str, list[int]]]] = {}
+    for task, source in ((task, source) for task, sources in teacher_sources(teachers).items() for source in sources):
         if task not in student_config.tasks:
             raise ValueError(f"--teachers names task {task!r}, but the tasks are {list(student_config.tasks)}.")
         if student_config.task_type(task) != SINGLE_LABEL:
@@ -86,7 +98,7 @@ def check_teachers(teachers: Mapping[str, str], student_config, tokenizer) -> di
             raise ValueError(f"--teachers {task}={source}: its tokenizer's vocabulary differs from the student's; "
                              "the teacher reads the student's token ids, so give a teacher trained from the same "
                              "encoder family.")
-        checked[task] = order
+        checked.setdefault(task, []).append((source, order))
     return checked
 
 
@@ -94,7 +106,9 @@ def teacher_logits_key(teacher: SentenceMultiTaskModel, task: str, order: Sequen
                        precision: str, device: torch.device) -> str:
     """What the teacher logits of `task` depend on, hashed: the teacher's weights and pooling, the label order, the
     token ids, the precision and the kind of device (a GPU's fp32 differs from a CPU's in the last bits)."""
-    digest = hashlib.sha256(json.dumps([task, list(order), teacher.config.pooling, precision, device.type]).encode())
+    # The first item names what a cached file holds (the logits of the labelled rows, in their order).
+    digest = hashlib.sha256(json.dumps(["labelled rows", task, list(order), teacher.config.pooling, precision,
+                                        device.type]).encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -114,39 +128,51 @@ def teacher_logits_cache() -> str | None:
 def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], student_config, tokenizer,
                        device: torch.device | str = "cpu", batch_size: int = 128,
                        bf16: bool = False) -> datasets.Dataset:
-    """`dataset` with a `teacher_<task>` column per teacher: its logits in the student's label order on the rows
-    labelled for the task, NaN on the others. One batched, length-sorted pass per teacher, under inference mode; the
-    result is cached (`teacher_logits_cache`), so a later run with the same teacher and data reads it back."""
+    """`dataset` with a `teacher_<task>` column per task: its teacher's logits in the student's label order on the
+    rows labelled for the task, NaN on the others; with several teachers, the log of their mean probabilities (the
+    ensemble's distribution, as MT-DNN's distillation averages its teachers' soft targets). One batched,
+    length-sorted pass per teacher, under inference mode; each teacher's logits are cached (`teacher_logits_cache`),
+    so a later run with the same teacher and data reads them back."""
     device = torch.device(device)
-    cache = teacher_logits_cache()
-    for task, order in check_teachers(teachers, student_config, tokenizer).items():
-        source = teachers[task]
-        teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
+    for task, checked in check_teachers(teachers, student_config, tokenizer).items():
         rows = np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task])))
         ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
-        path = cache and os.path.join(
-            cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device) + ".npy")
-        if path and os.path.isfile(path):
-            logger.info("Teacher logits of task %r from %s: read from the cache, %s", task, source, path)
-            logits = np.load(path)
-        else:
-            logits = _teacher_logits(teacher, task, order, ids, rows, len(dataset), tokenizer, device, batch_size, bf16)
-            logger.info("Teacher logits of task %r from %s on %d rows%s", task, source, len(rows),
-                        f", cached in {path}" if path else "")
-            if path:
-                os.makedirs(cache, exist_ok=True)
-                partial = f"{path}.{os.getpid()}.partial.npy"
-                np.save(partial, logits)
-                os.replace(partial, path)  # complete or absent, whoever else writes the same file
-        del teacher
+        members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16)
+                   for source, order in checked]
+        if len(members) > 1:
+            members = [np.log(np.mean([torch.from_numpy(member).softmax(-1).numpy() for member in members], axis=0))]
+        logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)
+        logits[rows] = members[0]
         dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
     return dataset
 
 
-def _teacher_logits(teacher, task: str, order: Sequence[int], ids: list, rows: np.ndarray, total: int, tokenizer,
-                    device: torch.device, batch_size: int, bf16: bool) -> np.ndarray:
-    """The teacher's logits of `task` (student's label order) on `rows` of `total`, NaN on the others."""
-    logits = np.full((total, len(order)), np.nan, dtype=np.float32)
+def _cached_teacher_logits(source: str, task: str, order: list[int], ids: list, tokenizer, device: torch.device,
+                           batch_size: int, bf16: bool) -> np.ndarray:
+    """One teacher's logits (see `_teacher_logits`), read from the cache where they are in it, else computed and
+    written there."""
+    cache = teacher_logits_cache()
+    teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
+    path = cache and os.path.join(
+        cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device) + ".npy")
+    if path and os.path.isfile(path):
+        logger.info("Teacher logits of task %r from %s: read from the cache, %s", task, source, path)
+        return np.load(path)
+    logits = _teacher_logits(teacher, task, order, ids, tokenizer, device, batch_size, bf16)
+    logger.info("Teacher logits of task %r from %s on %d rows%s", task, source, len(ids),
+                f", cached in {path}" if path else "")
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        partial = f"{path}.{os.getpid()}.partial.npy"
+        np.save(partial, logits)
+        os.replace(partial, path)  # complete or absent, whoever else writes the same file
+    return logits
+
+
+def _teacher_logits(teacher, task: str, order: Sequence[int], ids: list, tokenizer, device: torch.device,
+                    batch_size: int, bf16: bool) -> np.ndarray:
+    """The teacher's logits of `task` (student's label order) on the rows of token `ids`."""
+    logits = np.empty((len(ids), len(order)), dtype=np.float32)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     # The rows are token ids already: the identity "tokenizer" hands them to the shared length-sorted batching.
     batches = length_sorted_batches(ids, lambda texts: texts, batch_size, pad_id=tokenizer.pad_token_id or 0,
@@ -155,7 +181,7 @@ def _teacher_logits(teacher, task: str, order: Sequence[int], ids: list, rows: n
     with torch.inference_mode(), autocast:
         for positions, inputs in batches:
             scores = teacher(**inputs).logits[task][:, order]
-            logits[rows[positions]] = scores.float().cpu().numpy()
+            logits[positions] = scores.float().cpu().numpy()
     return logits
 
 
