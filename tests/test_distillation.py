@@ -206,6 +206,26 @@ def test_a_task_with_several_teachers_distils_from_their_mean_probabilities(tmp_
     assert not np.allclose(members[0][:2], members[1][:2]) and np.isnan(ensemble[2]).all()
 
 
+def test_an_ensemble_of_very_sure_teachers_gives_finite_logits_and_loss(monkeypatch, tiny_encoder):
+    from transformers import AutoTokenizer
+
+    from sentence_multitask import distillation
+
+    members = iter([np.array([[60.0, -60.0]], dtype=np.float32), np.array([[70.0, -50.0]], dtype=np.float32)])
+    monkeypatch.setattr(distillation, "_cached_teacher_logits", lambda *args: next(members))
+    monkeypatch.setattr(distillation, "check_teachers",
+                        lambda teachers, config, tokenizer: {"sentiment": [("a", [0, 1]), ("b", [0, 1])]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    data = datasets.Dataset.from_dict({**tokenizer(["what a joy"]), LABEL_PREFIX + "sentiment": [0]})
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
+    logits = torch.tensor(add_teacher_logits(data, {"sentiment": ["a", "b"]}, student, tokenizer)[
+        TEACHER_PREFIX + "sentiment"])
+    assert torch.isfinite(logits).all()
+    np.testing.assert_allclose(logits.exp().sum(-1), [1.0], atol=1e-6)
+    loss = distillation_loss(torch.tensor(0.5), torch.zeros(1, 2, requires_grad=True), logits, 1.0, 1.0, 2.0)
+    assert torch.isfinite(loss)
+
+
 def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_path, tiny_encoder, teachers):
     from transformers import AutoTokenizer
 

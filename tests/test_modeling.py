@@ -132,6 +132,16 @@ def test_windows_are_prepared_ahead_in_a_thread_with_unchanged_results(tiny_mode
     rest = [p for p, _ in batches]
     assert sorted(positions + sum(rest, [])) == list(range(50))
     assert [n for n, _ in calls] == [16, 16, 16, 2] and {name for _, name in calls} == {"prefetch"}
+    # Left after its first batch, the generator stops the background thread when closed.
+    abandoned = batching.length_sorted_batches(texts, tokenize, 4, pad_id=0, device="cpu", token_cap=None,
+                                               show_progress_bar=False, progress_bar=tqdm, window=16)
+    next(abandoned)
+    abandoned.close()
+    for _ in range(50):
+        if not any(thread.name == "prefetch" for thread in threading.enumerate()):
+            break
+        threading.Event().wait(0.1)
+    assert not any(thread.name == "prefetch" for thread in threading.enumerate())
     monkeypatch.setattr(batching, "SORT_WINDOW", 16)
     got = tiny_model.predict_proba(texts, batch_size=4)
     assert all(torch.allclose(got[task], expected[task], atol=1e-6) for task in expected)
@@ -152,10 +162,17 @@ def test_an_error_while_preparing_a_window_is_raised_to_the_caller(tiny_model):
 
 
 def test_the_default_batch_is_large_on_a_gpu_and_small_elsewhere(tiny_model):
-    from sentence_multitask.batching_sentence_multitask import CPU_BATCH_SIZE, GPU_BATCH_SIZE, default_batch_size
+    from sentence_multitask.batching_sentence_multitask import (
+        CPU_BATCH_SIZE,
+        GPU_BATCH_SIZE,
+        GPU_BATCH_TOKENS,
+        batch_limits,
+    )
     from sentence_multitask.batching_sentence_multitask import length_sorted_batches as batches
 
-    assert default_batch_size("cuda:0") == GPU_BATCH_SIZE >= 8 * CPU_BATCH_SIZE == 8 * default_batch_size("cpu")
+    assert batch_limits(None, None, "cuda:0") == (GPU_BATCH_SIZE, GPU_BATCH_TOKENS)
+    assert GPU_BATCH_SIZE >= 8 * CPU_BATCH_SIZE and GPU_BATCH_TOKENS >= 64 * GPU_BATCH_SIZE
+    assert batch_limits(None, 2048, "cpu") == (CPU_BATCH_SIZE, 2048) and batch_limits(64, None, "cuda") == (64, None)
     texts = ["short text"] * 100
     sizes = [len(p) for p, _ in batches(texts, lambda b: tiny_model._tokenize(b, None), None, pad_id=0, device="cpu",
                                         token_cap=None, show_progress_bar=False, progress_bar=tqdm)]

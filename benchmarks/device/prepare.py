@@ -48,7 +48,7 @@ def main() -> None:
             packed[name] = (tensor / scale).round().to(torch.int8)
             scales[name] = scale.float()
         else:
-            packed[name] = tensor.half()
+            packed[name] = tensor.half() if tensor.is_floating_point() else tensor
     save_file({**packed, **{f"{name}.scale": scale for name, scale in scales.items()}}, model / "packed.safetensors")
     shutil.copy(Path(__file__).with_name("restore.py"), OUT / "restore.py")
     size = sum(path.stat().st_size for path in OUT.rglob("*") if path.is_file())

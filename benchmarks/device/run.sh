@@ -10,8 +10,8 @@ python3 .device/restore.py
 export PYTHONPATH="$PWD/src:$PWD/.device/site${PYTHONPATH:+:$PYTHONPATH}"
 results="${OUT:-benchmarks/results}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$results/gpu_check.txt"
-python3 -c "import torch, transformers as t, datasets as d; print(torch.__version__, t.__version__, d.__version__)" \
-    | tee -a "$results/gpu_check.txt"
+packages="torch|transformers|tokenizers|datasets|pyarrow|fsspec|regex|huggingface.hub|sentence.transformers"
+python3 -m pip list 2>/dev/null | grep -i -E "^($packages) " | tee -a "$results/gpu_check.txt"
 log="$results/gpu_check.txt"
 failed=0  # the benchmark runs even when a test fails
 python3 -m pytest -p no:cacheprovider -o addopts="" -q tests/test_cuda.py 2>&1 | tee -a "$log" || failed=1

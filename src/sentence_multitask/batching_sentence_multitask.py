@@ -7,6 +7,7 @@ imports torch and the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import queue
 import threading
@@ -26,6 +27,9 @@ SORT_WINDOW = 8192
 # Texts per forward pass when a call names none: on a GPU small batches leave the device waiting on the host (launch
 # overhead per batch), on CPU a batch is also cut to CPU_BATCH_TOKENS tokens.
 CPU_BATCH_SIZE, GPU_BATCH_SIZE = 32, 512
+# With the default GPU batch, at most this many tokens (rows x padded width) per batch: 512 texts of 128 tokens, fewer
+# of longer texts, so that the default fits a small GPU whatever the texts' length.
+GPU_BATCH_TOKENS = 512 * 128
 
 
 def max_tokens(max_length: int | None, default: int, *limits: int | None) -> int:
@@ -104,9 +108,16 @@ def prefetch(items: Iterable, depth: int = 2) -> Iterator:
         stop.set()
 
 
-def default_batch_size(device: torch.device | str) -> int:
-    """Texts per forward pass on `device` when a call names none."""
-    return GPU_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
+def batch_limits(batch_size: int | None, token_cap: int | None, device: torch.device | str) -> tuple[int, int | None]:
+    """`(batch_size, token_cap)` checked; a None batch size is the device's default (`GPU_BATCH_SIZE` texts of at
+    most `GPU_BATCH_TOKENS` tokens in all on a GPU, `CPU_BATCH_SIZE` elsewhere)."""
+    if batch_size is None:
+        if torch.device(device).type != "cuda":
+            return CPU_BATCH_SIZE, token_cap
+        return GPU_BATCH_SIZE, GPU_BATCH_TOKENS if token_cap is None else token_cap
+    if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    return int(batch_size), token_cap  # numpy integers too
 
 
 def _window_batches(ids: list[list[int]], first: int, batch_size: int, pad_id: int, token_cap: int | None,
@@ -143,18 +154,14 @@ def length_sorted_batches(
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     """
     Yield `(positions, inputs)` batches of similar length on `device`: at most `batch_size` texts (None:
-    `GPU_BATCH_SIZE` on a GPU, else `CPU_BATCH_SIZE`) and, with
+    `GPU_BATCH_SIZE` and at most `GPU_BATCH_TOKENS` tokens on a GPU, else `CPU_BATCH_SIZE`) and, with
     `token_cap`, at most that many tokens per batch (but always one text). Texts go `window` (None: `SORT_WINDOW`)
     at a time: tokenised with `tokenize(texts)`, sorted longest first and padded per batch; with more than one
     window, a background thread prepares the next window while the caller runs the model on this one.
     `progress_bar` is a tqdm-like class, shown by default for `PROGRESS_BAR_MIN_TEXTS` texts or more.
     """
     device = torch.device(device)
-    if batch_size is None:
-        batch_size = default_batch_size(device)
-    if isinstance(batch_size, bool) or not hasattr(batch_size, "__index__") or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    batch_size = int(batch_size)  # numpy integers too
+    batch_size, token_cap = batch_limits(batch_size, token_cap, device)
     window = window or SORT_WINDOW
     windows = (_window_batches(tokenize(texts[first : first + window]), first, batch_size, pad_id, token_cap,
                                device.type == "cuda")
@@ -163,8 +170,10 @@ def length_sorted_batches(
         windows = prefetch(windows, depth=1)
     if show_progress_bar is None:
         show_progress_bar = len(texts) >= PROGRESS_BAR_MIN_TEXTS
-    with progress_bar(total=len(texts), desc="Texts", disable=not show_progress_bar) as progress:
+    # Closed however this generator ends, so that the background thread stops and lets go of its windows.
+    with contextlib.closing(windows), progress_bar(total=len(texts), desc="Texts",
+                                                   disable=not show_progress_bar) as progress:
         for batches in windows:
             for positions, inputs in batches:
-                yield positions, {name: to_device(tensor, device) for name, tensor in inputs.items()}
                 progress.update(len(positions))
+                yield positions, {name: to_device(tensor, device) for name, tensor in inputs.items()}

