@@ -64,14 +64,14 @@ def main_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def seeds_table(results: dict) -> str:
-    """The single-task models and the multi-task model with learned weights, per seed and their mean."""
+def seeds_table(results: dict, multitask: str = "tuned_multitask_uncertainty") -> str:
+    """The single-task models and the multi-task run `multitask` (by default the one with learned weights), per seed
+    and their mean."""
     runs = results["runs"]
     seeds = sorted({int(key.rpartition("_seed")[2]) for key in runs if "_seed" in key})
     columns = (("single_topic", "topic", "accuracy"), ("single_topic", "topic", "macro_f1"),
-               ("single_sentiment", "sentiment", "macro_recall"), ("tuned_multitask_uncertainty", "topic", "accuracy"),
-               ("tuned_multitask_uncertainty", "topic", "macro_f1"),
-               ("tuned_multitask_uncertainty", "sentiment", "macro_recall"))
+               ("single_sentiment", "sentiment", "macro_recall"), (multitask, "topic", "accuracy"),
+               (multitask, "topic", "macro_f1"), (multitask, "sentiment", "macro_recall"))
     lines = ["| seed | single topic acc | single topic macro-F1 | single sentiment macro-recall | multi-task topic acc | "
              "multi-task topic macro-F1 | multi-task sentiment macro-recall |", "|---|---|---|---|---|---|---|"]
     values = []
@@ -165,6 +165,8 @@ def write_report(out: Path) -> None:
         main_table(results),
         "",
         *(["## Seeds", "", seeds_table(results), ""] if seeds_table(results) else []),
+        *(["## Distilled from three-model ensembles", "", ensembles, ""]
+          if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
         "## Per-class F1",
         "",
         per_class_table(results),
