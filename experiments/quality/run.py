@@ -67,6 +67,11 @@ def scores(predicted, references, labels) -> dict:
     return result
 
 
+def single_run(task: str, seed: int) -> str:
+    """The name of the single-task run of `task` with `seed` (the seed of base.json: no suffix)."""
+    return f"single_{task}" + ("" if seed == SEEDS[0] else f"_seed{seed}")
+
+
 class Experiment(LimitedDataStudy):
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = Path(out).resolve()
@@ -312,7 +317,7 @@ class Experiment(LimitedDataStudy):
         single = {task: self.single_options(task) for task in TASKS}
         for seed in SEEDS[1:]:
             for task in TASKS:
-                self.train(f"single_{task}_seed{seed}", {**single[task], "seed": seed})
+                self.train(single_run(task, seed), {**single[task], "seed": seed})
             self.train(f"tuned_multitask_uncertainty_seed{seed}", {**both, "seed": seed})
 
     def class_weighted(self) -> None:
@@ -341,7 +346,7 @@ class Experiment(LimitedDataStudy):
         for name, options in TOPIC_RECIPES.items():
             self.train(name, {**self.single_options("topic"), **options})
         for task in TASKS:
-            names = [f"single_{task}" + ("" if seed == SEEDS[0] else f"_seed{seed}") for seed in ENSEMBLE_SEEDS]
+            names = [single_run(task, seed) for seed in ENSEMBLE_SEEDS]
             for name, seed in zip(names, ENSEMBLE_SEEDS):
                 if not (self.out / "runs" / name / "model" / "config.json").is_file():
                     self.results["runs"].pop(name, None)
@@ -356,7 +361,7 @@ class Experiment(LimitedDataStudy):
         runs = self.out / "runs"
         both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
                 "loss_balancing": "uncertainty"}
-        both["teachers"] = [f"{task}={runs / (f'single_{task}' + ('' if seed == SEEDS[0] else f'_seed{seed}'))}/model"
+        both["teachers"] = [f"{task}={runs / single_run(task, seed) / 'model'}"
                             for task in TASKS for seed in ENSEMBLE_SEEDS]
         for seed in SEEDS:
             suffix = "" if seed == SEEDS[0] else f"_seed{seed}"
