@@ -24,13 +24,17 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                 "multitask_distilled"}
     expected |= {f"limited_{method}_{fraction}" for method in ("single", "joint", "sequential")
                  for fraction in ("0.01", "1.0")}  # the smoke run's fractions
-    expected |= {f"limited_{method}_0.01" for method in ("distilled", "upsampled", "sequential_top", "self_trained")}
+    expected |= {f"limited_{method}_0.01"
+                 for method in ("distilled", "upsampled", "sequential_top", "self_trained", "emotions")}
     expected |= {"search_single_topic", "search_single_sentiment", "search_multitask", "tuned_single_topic",
                  "tuned_single_sentiment", "tuned_multitask", "tuned_multitask_uncertainty", "tuned_multitask_annealed",
                  "single_topic_seed7", "single_sentiment_seed7", "tuned_multitask_uncertainty_seed7",
                  "single_sentiment_weighted", "tuned_multitask_uncertainty_weighted", "topic_epochs4",
                  "topic_label_smoothing", "topic_lr5e-5", "single_topic_seed13", "single_sentiment_seed13",
-                 "ensemble_topic", "ensemble_sentiment"}
+                 "ensemble_topic", "ensemble_sentiment", "tuned_multitask_uncertainty_emotions",
+                 "tuned_multitask_uncertainty_emotions_seed7", "tuned_multitask_uncertainty_emotions_seed13",
+                 "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
+                 "limited_emotions_0.01_seed13"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -65,3 +69,10 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     search = results["runs"]["search_multitask"]["search"]
     assert len(search["trials"]) == 2 and tuned["learning_rate"] == search["best"]["params"]["learning_rate"]
     assert json.loads((tmp_path / "runs" / "multitask" / "options.json").read_text())["encoder"] == tiny_encoder
+    # GoEmotions joins the headline recipe as a third task; its own figures are kept beside the others.
+    related = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_emotions_seed7" / "options.json").read_text())
+    assert related["train_files"][2] == "emotions=data/goemotions_train.jsonl" and related["seed"] == 7
+    assert related["teachers"] == tuned["teachers"] and related["loss_balancing"] == "uncertainty"
+    assert len(related["labels"][2].split(",")) == 28  # every emotion of the whole file, not only the slice's
+    assert 0.0 <= results["runs"]["limited_emotions_0.01"]["related"]["emotions"]["macro_f1"] <= 1.0
+    assert "## GoEmotions as a third task" in report and "| 1% | mean | " in report  # limited data, three seeds

@@ -7,6 +7,7 @@ from pathlib import Path
 
 TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
          "sentiment": ["negative", "neutral", "positive"]}
+SEEDS = (42, 7, 13)  # the seed of base.json, then the other seeds of the `seeds` step
 
 
 def read_jsonl(path: Path) -> list[dict]:

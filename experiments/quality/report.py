@@ -36,9 +36,10 @@ METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
            ("distilled", "joint, distilled from the single-task models"),
            ("upsampled", "joint, tasks in equal shares (sentiment up-sampled)"),
            ("sequential_top", "sequential, top 2 encoder layers trained at 2e-5"),
-           ("self_trained", "joint, self-trained (+ pseudo-labelled unlabelled tweets)"))
+           ("self_trained", "joint, self-trained (+ pseudo-labelled unlabelled tweets)"),
+           ("emotions", "joint, GoEmotions as a third task (+ 5,426 labelled Reddit comments)"))
 COLORS = {"single": "C0", "joint": "C1", "sequential": "C2", "distilled": "C3", "upsampled": "C4",
-          "sequential_top": "C5", "self_trained": "C6"}
+          "sequential_top": "C5", "self_trained": "C6", "emotions": "C7"}
 
 
 def _cell(run, task, metric):
@@ -114,6 +115,28 @@ def limited_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def limited_seeds_table(results: dict, method: str = "emotions") -> str:
+    """Single-task sentiment against `method` at each small fraction, per seed (the same subsample) and the mean."""
+    runs, lines = results["runs"], []
+    for fraction in FRACTIONS[:2]:
+        rows = []
+        for seed in (42, 7, 13):
+            suffix = "" if seed == 42 else f"_seed{seed}"
+            pair = [((runs.get(f"limited_{name}_{fraction}{suffix}") or {}).get("metrics", {}).get("sentiment") or {})
+                    .get("macro_recall") for name in ("single", method)]
+            if None not in pair:
+                rows.append(pair)
+                lines.append(f"| {float(fraction):.0%} | {seed} | {pair[0]:.4f} | {pair[1]:.4f} | "
+                             f"{100 * (pair[1] - pair[0]):+.1f} |")
+        if len(rows) > 1:
+            single, other = np.mean(rows, axis=0)
+            lines.append(f"| {float(fraction):.0%} | mean | {single:.4f} | {other:.4f} | {100 * (other - single):+.1f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| sentiment data | seed | single-task sentiment macro-recall | joint with GoEmotions | "
+                      "difference (points) |", "|---|---|---|---|---|", *lines])
+
+
 def plot(results: dict, path: Path) -> bool:
     try:
         import matplotlib
@@ -123,7 +146,7 @@ def plot(results: dict, path: Path) -> bool:
     except ImportError:
         return False
     runs = results["runs"]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 5))
     for method, name in METHODS:
         xs, recall, topic = [], [], []
         for fraction in FRACTIONS:
@@ -144,8 +167,8 @@ def plot(results: dict, path: Path) -> bool:
         axis.set_xlabel("share of sentiment training data (%)")
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.2, 1, 1))  # the legend below both plots, off the data
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
@@ -167,6 +190,8 @@ def write_report(out: Path) -> None:
         *(["## Seeds", "", seeds_table(results), ""] if seeds_table(results) else []),
         *(["## Distilled from three-model ensembles", "", ensembles, ""]
           if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
+        *(["## GoEmotions as a third task", "", related, ""]
+          if (related := seeds_table(results, "tuned_multitask_uncertainty_emotions")) else []),
         "## Per-class F1",
         "",
         per_class_table(results),
@@ -175,6 +200,7 @@ def write_report(out: Path) -> None:
         "",
         limited_table(results),
         "",
+        *(["### Seeds at the smallest fractions", "", seeds, ""] if (seeds := limited_seeds_table(results)) else []),
     ]
     if "reproduction" in results:
         reproduction = results["reproduction"]

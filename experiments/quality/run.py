@@ -14,6 +14,8 @@
     python experiments/quality/run.py --only ceiling       # single-task topic recipes (more epochs, label
                                                            # smoothing, a lower learning rate) and three-seed ensembles
     python experiments/quality/run.py --only ensemble_teachers  # the multi-task model distilled from those ensembles
+    python experiments/quality/run.py --only related       # GoEmotions as a third task: the headline recipe and the
+                                                           # smallest sentiment fractions
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -42,8 +44,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported by a test rather than run as a script: for the modules beside this one
     sys.path.insert(0, str(HERE))
-from common import TASKS, read_jsonl, write_jsonl  # noqa: E402
+from common import SEEDS, TASKS, read_jsonl, write_jsonl  # noqa: E402
 from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
+from related import RelatedTaskStudy  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 SUBSAMPLE_SEED = 20240611
@@ -51,7 +54,6 @@ MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer
 SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
 SEARCH_ROWS = 2500
 SEARCH_MAX_EPOCHS = 3
-SEEDS = (42, 7, 13)  # the seed of base.json, then the other seeds of the `seeds` step
 ENSEMBLE_SEEDS = (42, 7, 13)  # the single-task models of the `ceiling` step's ensembles
 TOPIC_RECIPES = {"topic_epochs4": {"num_train_epochs": 4},
                  "topic_label_smoothing": {"num_train_epochs": 3, "label_smoothing_factor": 0.1},
@@ -72,7 +74,7 @@ def single_run(task: str, seed: int) -> str:
     return f"single_{task}" + ("" if seed == SEEDS[0] else f"_seed{seed}")
 
 
-class Experiment(LimitedDataStudy):
+class Experiment(LimitedDataStudy, RelatedTaskStudy):
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = Path(out).resolve()
         self.smoke = smoke
@@ -80,6 +82,10 @@ class Experiment(LimitedDataStudy):
         self.in_process = in_process
         self.results = self._load(out / "results.json")
         self.files = self._prepare_files()
+
+    @property
+    def data(self) -> Path:
+        return DATA
 
     @staticmethod
     def _load(path: Path) -> dict:
@@ -298,6 +304,11 @@ class Experiment(LimitedDataStudy):
                 "validation_files": self.validation("topic", "sentiment"),
                 "teachers": [f"{task}={runs / f'single_{task}' / 'model'}" for task in TASKS]}
 
+    def headline_options(self) -> dict:
+        """Train options of the headline multi-task model: the searched recipe, distilled, with learned task weights."""
+        both = self.distilled_options()
+        return {**both, **self.search("search_multitask", both), "loss_balancing": "uncertainty"}
+
     def balancing(self) -> None:
         """The searched multi-task recipe with each loss-balancing option it did not try: learned task weights
         (uncertainty weighting, the searched weights as their prior) and annealed task sampling."""
@@ -312,8 +323,7 @@ class Experiment(LimitedDataStudy):
         model with learned weights (the same recipe and teachers), so the gap between them can be told from the
         variation between seeds."""
         self.balancing()
-        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
-                "loss_balancing": "uncertainty"}
+        both = self.headline_options()
         single = {task: self.single_options(task) for task in TASKS}
         for seed in SEEDS[1:]:
             for task in TASKS:
@@ -328,8 +338,7 @@ class Experiment(LimitedDataStudy):
         self.balancing()
         runs, weighted = self.out / "runs", {"class_weights": ["sentiment=auto"]}
         self.train("single_sentiment_weighted", {**self.single_options("sentiment"), **weighted})
-        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
-                "loss_balancing": "uncertainty", **weighted}
+        both = {**self.headline_options(), **weighted}
         both["teachers"] = [f"topic={runs / 'single_topic' / 'model'}",
                             f"sentiment={runs / 'single_sentiment_weighted' / 'model'}"]
         self.train("tuned_multitask_uncertainty_weighted", both)
@@ -359,8 +368,7 @@ class Experiment(LimitedDataStudy):
         student, three teachers per task."""
         self.ceiling()
         runs = self.out / "runs"
-        both = {**self.distilled_options(), **self.search("search_multitask", self.distilled_options()),
-                "loss_balancing": "uncertainty"}
+        both = self.headline_options()
         both["teachers"] = [f"{task}={runs / single_run(task, seed) / 'model'}"
                             for task in TASKS for seed in ENSEMBLE_SEEDS]
         for seed in SEEDS:
@@ -423,7 +431,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                           "ensemble_teachers", "limited", "all"),
+                                           "ensemble_teachers", "related", "limited", "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -454,6 +462,8 @@ def main(argv=None) -> None:
         experiment.ensemble_teachers()
     if args.only in ("limited", "all"):
         experiment.limited_data()
+    if args.only in ("related", "all"):
+        experiment.related()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
     from report import write_report

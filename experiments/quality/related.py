@@ -1,0 +1,82 @@
+"""The related-task study of the quality experiment (`run.py --only related`): GoEmotions' 28 emotions (5,426
+human-labelled Reddit comments, a multi-label task) trained as a third task beside topic and sentiment: with the
+headline multi-task recipe at each seed, and with joint training at the smallest sentiment fractions. Emotions and
+sentiment are close tasks on similar text (informal comments and tweets), the case multi-task learning is for; the
+runs read more labelled data than the two-task ones, and the tables say so. `RelatedTaskStudy` is a mixin of run.py's
+`Experiment`, whose files, results and runs it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from common import SEEDS, read_jsonl, write_jsonl
+from limited import NEW_STRATEGY_FRACTIONS
+
+RELATED = {"emotions": "goemotions"}  # task name: file prefix in the shared data
+RELATED_OPTIONS = {"class_weights": ["emotions=auto"]}  # each emotion's pos_weight from the data
+
+
+class RelatedTaskStudy:
+    """The study's steps, for `Experiment` (run.py) to inherit."""
+
+    def related_files(self) -> tuple[list[str], list[str], list[str]]:
+        """`TASK=PATH` train and validation items of the related tasks, copied into OUT/data (a slice in smoke mode),
+        and their `TASK=a,b,...` labels: every label of the whole training file, in sorted order."""
+        train, validation, labels = [], [], []
+        for task, prefix in RELATED.items():
+            rows = read_jsonl(self.data / f"{prefix}_train.jsonl")
+            labels.append(f"{task}=" + ",".join(sorted({label for row in rows for label in row[task]})))
+            for split, items in (("train", train), ("validation", validation)):
+                path = self.out / "data" / f"{prefix}_{split}.jsonl"
+                if not path.exists():
+                    rows = read_jsonl(self.data / f"{prefix}_{split}.jsonl")
+                    write_jsonl(random.Random(0).sample(rows, 60) if self.smoke else rows, path)
+                items.append(f"{task}={path}")
+        return train, validation, labels
+
+    def with_related(self, name: str, options: dict) -> dict:
+        """`train` with the related tasks' files added to `options`; their figures recorded beside the others."""
+        train, validation, labels = self.related_files()
+        base = json.loads((Path(__file__).resolve().parent / "base.json").read_text())
+        result = self.train(name, {**options, **RELATED_OPTIONS, "labels": [*base["labels"], *labels],
+                                   "train_files": [*options["train_files"], *train],
+                                   "validation_files": [*options["validation_files"], *validation]})
+        if "related" not in result:
+            metrics = json.loads((self.out / "runs" / name / "model" / "eval_results.json").read_text())
+            result["related"] = {task: {key: metrics[f"eval_{task}_{key}"] for key in ("macro_f1", "micro_f1")}
+                                 for task in RELATED}
+            self.save()
+        return result
+
+    def related(self) -> None:
+        """The headline recipe (`seeds`) with the related tasks added, at every seed; then joint training with them at
+        the smallest sentiment fractions of the limited-data study, beside its plain joint runs."""
+        self.seeds()
+        both = self.headline_options()
+        self.with_related("tuned_multitask_uncertainty_emotions", both)
+        files = self.files
+        for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
+            self.with_related(f"limited_emotions_{fraction}", {
+                "train_files": [f"topic={files['topic_train']}", f"sentiment={files[f'sentiment_train_{fraction}']}"],
+                "validation_files": self.validation("topic", "sentiment")})
+        for seed in SEEDS[1:]:
+            self.with_related(f"tuned_multitask_uncertainty_emotions_seed{seed}", {**both, "seed": seed})
+        self.related_seeds()
+
+    def related_seeds(self) -> None:
+        """Single-task sentiment and joint training with the related tasks at the smallest fractions again with the
+        other seeds (the same subsamples: only the seed of training changes), so the gap between them can be told
+        from the variation between seeds."""
+        files = self.files
+        for seed in SEEDS[1:]:
+            for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
+                subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
+                self.train(f"limited_single_{fraction}_seed{seed}", {
+                    "tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
+                    "validation_files": self.validation("sentiment"), "_rows": [key], "seed": seed})
+                self.with_related(f"limited_emotions_{fraction}_seed{seed}", {
+                    "train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
+                    "validation_files": self.validation("topic", "sentiment"), "seed": seed})
