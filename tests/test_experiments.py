@@ -34,7 +34,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "ensemble_topic", "ensemble_sentiment", "tuned_multitask_uncertainty_emotions",
                  "tuned_multitask_uncertainty_emotions_seed7", "tuned_multitask_uncertainty_emotions_seed13",
                  "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
-                 "limited_emotions_0.01_seed13"}
+                 "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -63,6 +63,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert 0 < pseudo["rows"] <= pseudo["unlabelled_texts"] and sum(pseudo["per_label"].values()) == pseudo["rows"]
     options = json.loads((tmp_path / "runs" / "limited_self_trained_0.01" / "options.json").read_text())
     assert options["train_files"][1] == "sentiment=data/sentiment_self_trained_0.01.jsonl"
+    options = json.loads((tmp_path / "runs" / "limited_self_trained_0.01_seed7" / "options.json").read_text())
+    assert options["train_files"][1] == "sentiment=data/sentiment_self_trained_0.01_seed7.jsonl"
+    assert options["seed"] == 7
     # The tuned multi-task run distils from the main table's single-task runs, with the search's best options.
     tuned = json.loads((tmp_path / "runs" / "tuned_multitask" / "options.json").read_text())
     assert tuned["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment/model"]
@@ -70,7 +73,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert len(search["trials"]) == 2 and tuned["learning_rate"] == search["best"]["params"]["learning_rate"]
     assert json.loads((tmp_path / "runs" / "multitask" / "options.json").read_text())["encoder"] == tiny_encoder
     # GoEmotions joins the headline recipe as a third task; its own figures are kept beside the others.
-    related = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_emotions_seed7" / "options.json").read_text())
+    related = tmp_path / "runs" / "tuned_multitask_uncertainty_emotions_seed7" / "options.json"
+    related = json.loads(related.read_text())
     assert related["train_files"][2] == "emotions=data/goemotions_train.jsonl" and related["seed"] == 7
     assert related["teachers"] == tuned["teachers"] and related["loss_balancing"] == "uncertainty"
     assert len(related["labels"][2].split(",")) == 28  # every emotion of the whole file, not only the slice's

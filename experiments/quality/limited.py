@@ -83,12 +83,13 @@ class LimitedDataStudy:
                 metric: topic[metric] for metric in ("accuracy", "macro_f1", "macro_recall")}
             self.save()
 
-    def self_trained(self, fraction: float, teacher: Path, joint: dict) -> None:
+    def self_trained(self, fraction: float, teacher: Path, joint: dict, suffix: str = "") -> None:
         """Self-training, which also uses the unlabelled rest of the sentiment training texts (their gold labels are
         not read): the single-task model of this subsample labels them, its PSEUDO_PER_CLASS most confident texts per
         predicted label join the subsample as labelled rows, and the joint model trains on both. The pseudo-labels'
-        agreement with the hidden gold labels is recorded, as a diagnosis only."""
-        name = f"limited_self_trained_{fraction}"
+        agreement with the hidden gold labels is recorded, as a diagnosis only. `suffix` names another seed's run
+        (`joint` then holds its seed) and its files."""
+        name = f"limited_self_trained_{fraction}{suffix}"
         if name in self.results["runs"]:
             return
         subset = self.files[f"sentiment_train_{fraction}"]
@@ -96,8 +97,8 @@ class LimitedDataStudy:
         known = {row["text"] for row in gold}
         rest = [row for row in read_jsonl(self.files["sentiment_train"]) if row["text"] not in known]
         run_dir, data = self.out / "runs" / name, self.out / "data"
-        unlabelled, predicted = (data / f"sentiment_unlabelled_{fraction}.jsonl",
-                                 data / f"sentiment_predicted_{fraction}.jsonl")
+        unlabelled, predicted = (data / f"sentiment_unlabelled_{fraction}{suffix}.jsonl",
+                                 data / f"sentiment_predicted_{fraction}{suffix}.jsonl")
         run_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl([{"text": row["text"]} for row in rest], unlabelled)
         predicted.unlink(missing_ok=True)  # an earlier, interrupted run's (predict never overwrites)
@@ -107,7 +108,7 @@ class LimitedDataStudy:
         ranked = sorted(read_jsonl(predicted), key=lambda row: -row["sentiment_score"])
         pseudo = [{"text": row["text"], "label": label} for label in TASKS["sentiment"]
                   for row in [row for row in ranked if row["sentiment_label"] == label][:PSEUDO_PER_CLASS]]
-        combined = data / f"sentiment_self_trained_{fraction}.jsonl"
+        combined = data / f"sentiment_self_trained_{fraction}{suffix}.jsonl"
         write_jsonl(gold + pseudo, combined)
         self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
         self.results["runs"][name]["pseudo_labels"] = {

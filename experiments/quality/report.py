@@ -115,26 +115,36 @@ def limited_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def limited_seeds_table(results: dict, method: str = "emotions") -> str:
-    """Single-task sentiment against `method` at each small fraction, per seed (the same subsample) and the mean."""
+def limited_seeds_table(results: dict, methods: tuple = ("emotions", "self_trained")) -> str:
+    """Single-task sentiment and `methods` at each small fraction, per seed (the same subsample), with each method's
+    difference to single-task in points, and the means."""
     runs, lines = results["runs"], []
+
+    def recall(name):
+        return ((runs.get(name) or {}).get("metrics", {}).get("sentiment") or {}).get("macro_recall")
+
+    def cells(values):
+        single, others = values[0], values[1:]
+        return " | ".join([f"{single:.4f}"] + [f"{value:.4f} ({100 * (value - single):+.1f})" if value is not None
+                                               else "-" for value in others])
+
     for fraction in FRACTIONS[:2]:
         rows = []
         for seed in (42, 7, 13):
             suffix = "" if seed == 42 else f"_seed{seed}"
-            pair = [((runs.get(f"limited_{name}_{fraction}{suffix}") or {}).get("metrics", {}).get("sentiment") or {})
-                    .get("macro_recall") for name in ("single", method)]
-            if None not in pair:
-                rows.append(pair)
-                lines.append(f"| {float(fraction):.0%} | {seed} | {pair[0]:.4f} | {pair[1]:.4f} | "
-                             f"{100 * (pair[1] - pair[0]):+.1f} |")
+            values = [recall(f"limited_{name}_{fraction}{suffix}") for name in ("single", *methods)]
+            if values[0] is not None and any(value is not None for value in values[1:]):
+                rows.append(values)
+                lines.append(f"| {float(fraction):.0%} | {seed} | {cells(values)} |")
         if len(rows) > 1:
-            single, other = np.mean(rows, axis=0)
-            lines.append(f"| {float(fraction):.0%} | mean | {single:.4f} | {other:.4f} | {100 * (other - single):+.1f} |")
+            means = [np.mean(column) if None not in column else None for column in zip(*rows)]
+            lines.append(f"| {float(fraction):.0%} | mean | {cells(means)} |")
     if not lines:
         return ""
-    return "\n".join(["| sentiment data | seed | single-task sentiment macro-recall | joint with GoEmotions | "
-                      "difference (points) |", "|---|---|---|---|---|", *lines])
+    names = dict(METHODS)
+    return "\n".join(["| sentiment data | seed | single-task sentiment macro-recall | "
+                      + " | ".join(f"{names[method]} (difference, points)" for method in methods) + " |",
+                      "|---|---|---|" + "---|" * len(methods), *lines])
 
 
 def plot(results: dict, path: Path) -> bool:
