@@ -15,7 +15,8 @@
                                                            # smoothing, a lower learning rate) and three-seed ensembles
     python experiments/quality/run.py --only ensemble_teachers  # the multi-task model distilled from those ensembles
     python experiments/quality/run.py --only related       # GoEmotions as a third task: the headline recipe and the
-                                                           # smallest sentiment fractions
+                                                           # smallest sentiment fractions; those fractions' single-
+                                                           # task and self-trained runs with the other seeds
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
