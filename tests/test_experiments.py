@@ -34,7 +34,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "ensemble_topic", "ensemble_sentiment", "tuned_multitask_uncertainty_emotions",
                  "tuned_multitask_uncertainty_emotions_seed7", "tuned_multitask_uncertainty_emotions_seed13",
                  "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
-                 "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13"}
+                 "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13",
+                 "limited_self_trained_emotions_0.01_seed7"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -66,6 +67,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     options = json.loads((tmp_path / "runs" / "limited_self_trained_0.01_seed7" / "options.json").read_text())
     assert options["train_files"][1] == "sentiment=data/sentiment_self_trained_0.01_seed7.jsonl"
     assert options["seed"] == 7
+    options = json.loads((tmp_path / "runs" / "limited_self_trained_emotions_0.01_seed7" / "options.json").read_text())
+    assert options["train_files"][1:] == ["sentiment=data/sentiment_self_trained_0.01_seed7.jsonl",
+                                          "emotions=data/goemotions_train.jsonl"]
     # The tuned multi-task run distils from the main table's single-task runs, with the search's best options.
     tuned = json.loads((tmp_path / "runs" / "tuned_multitask" / "options.json").read_text())
     assert tuned["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment/model"]

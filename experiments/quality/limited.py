@@ -85,35 +85,41 @@ class LimitedDataStudy:
 
     def self_trained(self, fraction: float, teacher: Path, joint: dict, suffix: str = "") -> None:
         """Self-training, which also uses the unlabelled rest of the sentiment training texts (their gold labels are
-        not read): the single-task model of this subsample labels them, its PSEUDO_PER_CLASS most confident texts per
-        predicted label join the subsample as labelled rows, and the joint model trains on both. The pseudo-labels'
-        agreement with the hidden gold labels is recorded, as a diagnosis only. `suffix` names another seed's run
-        (`joint` then holds its seed) and its files."""
+        not read): the joint model trains on the subsample and the teacher's pseudo-labels (`pseudo_labelled`). The
+        pseudo-labels' agreement with the hidden gold labels is recorded, as a diagnosis only. `suffix` names another
+        seed's run (`joint` then holds its seed) and its files."""
         name = f"limited_self_trained_{fraction}{suffix}"
         if name in self.results["runs"]:
             return
-        subset = self.files[f"sentiment_train_{fraction}"]
-        gold = read_jsonl(subset)
+        combined, stats = self.pseudo_labelled(fraction, teacher, suffix)
+        self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
+        self.results["runs"][name]["pseudo_labels"] = stats
+        self.save()
+
+    def pseudo_labelled(self, fraction: float, teacher: Path, suffix: str = "") -> tuple[Path, dict]:
+        """The subsample and the PSEUDO_PER_CLASS texts per predicted label of the rest of the sentiment training texts
+        that `teacher` (the single-task model of this subsample) is most sure of, as one training file; and what
+        those pseudo-labels are (rows, per label, agreement with the hidden gold labels)."""
+        gold = read_jsonl(self.files[f"sentiment_train_{fraction}"])
         known = {row["text"] for row in gold}
         rest = [row for row in read_jsonl(self.files["sentiment_train"]) if row["text"] not in known]
-        run_dir, data = self.out / "runs" / name, self.out / "data"
+        data = self.out / "data"
         unlabelled, predicted = (data / f"sentiment_unlabelled_{fraction}{suffix}.jsonl",
                                  data / f"sentiment_predicted_{fraction}{suffix}.jsonl")
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl([{"text": row["text"]} for row in rest], unlabelled)
         predicted.unlink(missing_ok=True)  # an earlier, interrupted run's (predict never overwrites)
+        log = self.out / "runs" / f"limited_self_trained_{fraction}{suffix}" / "predict.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         self.command(["predict", "--model", str(teacher), "--input", str(unlabelled), "--output", str(predicted),
-                      "--keep_columns", "text", "--batch_size", "64"], run_dir / "predict.log")
+                      "--keep_columns", "text", "--batch_size", "64"], log)
         hidden = {row["text"]: row["label"] for row in rest}
         ranked = sorted(read_jsonl(predicted), key=lambda row: -row["sentiment_score"])
         pseudo = [{"text": row["text"], "label": label} for label in TASKS["sentiment"]
                   for row in [row for row in ranked if row["sentiment_label"] == label][:PSEUDO_PER_CLASS]]
         combined = data / f"sentiment_self_trained_{fraction}{suffix}.jsonl"
         write_jsonl(gold + pseudo, combined)
-        self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
-        self.results["runs"][name]["pseudo_labels"] = {
+        return combined, {
             "rows": len(pseudo), "unlabelled_texts": len(rest),
             "per_label": {label: sum(row["label"] == label for row in pseudo) for label in TASKS["sentiment"]},
             "agreement_with_hidden_gold": round(sum(hidden[row["text"]] == row["label"] for row in pseudo)
                                                 / max(1, len(pseudo)), 4)}
-        self.save()

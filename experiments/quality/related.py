@@ -82,3 +82,13 @@ class RelatedTaskStudy:
                 self.with_related(f"limited_emotions_{fraction}_seed{seed}", joint)
                 teacher = self.out / "runs" / f"limited_single_{fraction}_seed{seed}" / "model"
                 self.self_trained(fraction, teacher, joint, suffix=f"_seed{seed}")
+                if seed == SEEDS[1]:  # both strategies at once, one seed
+                    self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")
+
+    def self_trained_related(self, fraction: float, teacher: Path, joint: dict, suffix: str) -> None:
+        """Self-training (`self_trained`'s pseudo-labels and training file) and the related tasks together."""
+        name = f"limited_self_trained_emotions_{fraction}{suffix}"
+        combined = self.out / "data" / f"sentiment_self_trained_{fraction}{suffix}.jsonl"
+        if name not in self.results["runs"] and not combined.exists():
+            combined, _ = self.pseudo_labelled(fraction, teacher, suffix)
+        self.with_related(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
