@@ -35,7 +35,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "tuned_multitask_uncertainty_emotions_seed7", "tuned_multitask_uncertainty_emotions_seed13",
                  "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
                  "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13",
-                 "limited_self_trained_emotions_0.01_seed7"}
+                 "limited_self_trained_emotions_0.01_seed7", "limited_self_trained_emotions_0.01_seed13"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):

@@ -82,8 +82,7 @@ class RelatedTaskStudy:
                 self.with_related(f"limited_emotions_{fraction}_seed{seed}", joint)
                 teacher = self.out / "runs" / f"limited_single_{fraction}_seed{seed}" / "model"
                 self.self_trained(fraction, teacher, joint, suffix=f"_seed{seed}")
-                if seed == SEEDS[1]:  # both strategies at once, one seed
-                    self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")
+                self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")  # both at once
 
     def self_trained_related(self, fraction: float, teacher: Path, joint: dict, suffix: str) -> None:
         """Self-training (`self_trained`'s pseudo-labels and training file) and the related tasks together."""
