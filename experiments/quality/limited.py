@@ -35,12 +35,8 @@ class LimitedDataStudy:
                 self.results["runs"].setdefault("limited_single_1.0", self.results["runs"]["single_sentiment"])
                 self.results["runs"].setdefault("limited_joint_1.0", self.results["runs"]["multitask"])
             else:
-                self.train(f"limited_single_{fraction}", {
-                    "tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
-                    "validation_files": self.validation("sentiment"), "_rows": [key]})
-                self.train(f"limited_joint_{fraction}", {
-                    "train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
-                    "validation_files": self.validation("topic", "sentiment")})
+                self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
+                self.train(f"limited_joint_{fraction}", self.limited_joint_options(fraction))
             # Sequential: phase 1 is the single-task topic run; phase 2 adds the sentiment head on the frozen encoder.
             self.train(f"limited_sequential_{fraction}", {
                 "model": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
@@ -50,6 +46,17 @@ class LimitedDataStudy:
                 self.limited_strategies(fraction)
         self.save()
 
+    def limited_single_options(self, fraction: float) -> dict:
+        """Train options of single-task sentiment on the `fraction` subsample (epochs raised to MIN_STEPS steps)."""
+        return {"tasks": ["sentiment"], "train_files": [f"sentiment={self.files[f'sentiment_train_{fraction}']}"],
+                "validation_files": self.validation("sentiment"), "_rows": [f"sentiment_train_{fraction}"]}
+
+    def limited_joint_options(self, fraction: float) -> dict:
+        """Train options of joint training on all topic rows and the `fraction` sentiment subsample."""
+        return {"train_files": [f"topic={self.files['topic_train']}",
+                                f"sentiment={self.files[f'sentiment_train_{fraction}']}"],
+                "validation_files": self.validation("topic", "sentiment")}
+
     def limited_strategies(self, fraction: float) -> None:
         """At one sentiment fraction: joint distilled from the single-task models of the same data (topic: the main
         table's, sentiment: the one trained on this subsample), joint with equal shares of both tasks per batch
@@ -58,13 +65,11 @@ class LimitedDataStudy:
         self-training (`self_trained`)."""
         files, runs = self.files, self.out / "runs"
         subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
-        joint = {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
-                 "validation_files": self.validation("topic", "sentiment")}
+        joint = self.limited_joint_options(fraction)
         teacher = runs / f"limited_single_{fraction}" / "model"
         if not (teacher / "config.json").is_file():  # models are not kept in the repository: train it again
             self.results["runs"].pop(f"limited_single_{fraction}", None)
-            self.train(f"limited_single_{fraction}", {"tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
-                                                      "validation_files": self.validation("sentiment"), "_rows": [key]})
+            self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
         self.train(f"limited_distilled_{fraction}", {
             **joint, "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={teacher}"]})
         self.train(f"limited_upsampled_{fraction}", {**joint, "task_sampling": "round_robin"})

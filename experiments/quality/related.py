@@ -27,13 +27,12 @@ class RelatedTaskStudy:
         and their `TASK=a,b,...` labels: every label of the whole training file, in sorted order."""
         train, validation, labels = [], [], []
         for task, prefix in RELATED.items():
-            rows = read_jsonl(self.data / f"{prefix}_train.jsonl")
-            labels.append(f"{task}=" + ",".join(sorted({label for row in rows for label in row[task]})))
+            rows = {split: read_jsonl(self.data / f"{prefix}_{split}.jsonl") for split in ("train", "validation")}
+            labels.append(f"{task}=" + ",".join(sorted({label for row in rows["train"] for label in row[task]})))
             for split, items in (("train", train), ("validation", validation)):
                 path = self.out / "data" / f"{prefix}_{split}.jsonl"
                 if not path.exists():
-                    rows = read_jsonl(self.data / f"{prefix}_{split}.jsonl")
-                    write_jsonl(random.Random(0).sample(rows, 60) if self.smoke else rows, path)
+                    write_jsonl(random.Random(0).sample(rows[split], 60) if self.smoke else rows[split], path)
                 items.append(f"{task}={path}")
         return train, validation, labels
 
@@ -57,11 +56,8 @@ class RelatedTaskStudy:
         self.seeds()
         both = self.headline_options()
         self.with_related("tuned_multitask_uncertainty_emotions", both)
-        files = self.files
         for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
-            self.with_related(f"limited_emotions_{fraction}", {
-                "train_files": [f"topic={files['topic_train']}", f"sentiment={files[f'sentiment_train_{fraction}']}"],
-                "validation_files": self.validation("topic", "sentiment")})
+            self.with_related(f"limited_emotions_{fraction}", self.limited_joint_options(fraction))
         for seed in SEEDS[1:]:
             self.with_related(f"tuned_multitask_uncertainty_emotions_seed{seed}", {**both, "seed": seed})
         self.related_seeds()
@@ -70,15 +66,11 @@ class RelatedTaskStudy:
         """Single-task sentiment and joint training with the related tasks at the smallest fractions again with the
         other seeds (the same subsamples: only the seed of training changes), so the gap between them can be told
         from the variation between seeds; self-training too (its teacher: the single-task model of the same seed)."""
-        files = self.files
         for seed in SEEDS[1:]:
             for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
-                subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
-                self.train(f"limited_single_{fraction}_seed{seed}", {
-                    "tasks": ["sentiment"], "train_files": [f"sentiment={subset}"],
-                    "validation_files": self.validation("sentiment"), "_rows": [key], "seed": seed})
-                joint = {"train_files": [f"topic={files['topic_train']}", f"sentiment={subset}"],
-                         "validation_files": self.validation("topic", "sentiment"), "seed": seed}
+                self.train(f"limited_single_{fraction}_seed{seed}", {**self.limited_single_options(fraction),
+                                                                     "seed": seed})
+                joint = {**self.limited_joint_options(fraction), "seed": seed}
                 self.with_related(f"limited_emotions_{fraction}_seed{seed}", joint)
                 teacher = self.out / "runs" / f"limited_single_{fraction}_seed{seed}" / "model"
                 self.self_trained(fraction, teacher, joint, suffix=f"_seed{seed}")
