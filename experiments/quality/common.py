@@ -20,3 +20,13 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def seed_suffix(seed: int) -> str:
+    """What ends the name of a run with `seed`: nothing for the seed of base.json, else `_seed<seed>`."""
+    return "" if seed == SEEDS[0] else f"_seed{seed}"
+
+
+def single_run(task: str, seed: int) -> str:
+    """The name of the single-task run of `task` with `seed`."""
+    return f"single_{task}{seed_suffix(seed)}"

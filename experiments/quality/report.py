@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import seed_suffix
+
 MAIN_ROWS = [
     ("tfidf_logreg", "TF-IDF (1-2 grams) + logistic regression, per task"),
     ("frozen_minilm_logreg", "frozen all-MiniLM-L6-v2 + logistic regression, per task"),
@@ -30,6 +32,8 @@ MAIN_ROWS = [
     ("ensemble_sentiment", "mean probabilities of three single-task sentiment models (seeds 42, 7, 13; three "
                            "encoders)"),
 ]
+WARM_START_CONTROL = (("single_sentiment_continued", "sentiment", "macro_recall",
+                       "single sentiment, 2 epochs more, macro-recall"),)
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
            ("sequential", "sequential (topic, then frozen encoder)"),
@@ -65,19 +69,21 @@ def main_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def seeds_table(results: dict, multitask: str = "tuned_multitask_uncertainty") -> str:
+def seeds_table(results: dict, multitask: str = "tuned_multitask_uncertainty", extra: tuple = ()) -> str:
     """The single-task models and the multi-task run `multitask` (by default the one with learned weights), per seed
-    and their mean."""
+    and their mean; `extra`: more (run, task, metric, header) columns."""
     runs = results["runs"]
     seeds = sorted({int(key.rpartition("_seed")[2]) for key in runs if "_seed" in key})
     columns = (("single_topic", "topic", "accuracy"), ("single_topic", "topic", "macro_f1"),
                ("single_sentiment", "sentiment", "macro_recall"), (multitask, "topic", "accuracy"),
-               (multitask, "topic", "macro_f1"), (multitask, "sentiment", "macro_recall"))
+               (multitask, "topic", "macro_f1"), (multitask, "sentiment", "macro_recall"),
+               *(column[:3] for column in extra))
     lines = ["| seed | single topic acc | single topic macro-F1 | single sentiment macro-recall | multi-task topic acc | "
-             "multi-task topic macro-F1 | multi-task sentiment macro-recall |", "|---|---|---|---|---|---|---|"]
+             "multi-task topic macro-F1 | multi-task sentiment macro-recall |"
+             + "".join(f" {column[3]} |" for column in extra), "|---|---|---|---|---|---|---|" + "---|" * len(extra)]
     values = []
     for seed in [42, *seeds]:
-        suffix = "" if seed == 42 else f"_seed{seed}"
+        suffix = seed_suffix(seed)
         row = [((runs.get(name + suffix) or {}).get("metrics", {}).get(task) or {}).get(metric)
                for name, task, metric in columns]
         if None not in row:
@@ -131,7 +137,7 @@ def limited_seeds_table(results: dict, methods: tuple = ("emotions", "self_train
     for fraction in FRACTIONS[:2]:
         rows = []
         for seed in (42, 7, 13):
-            suffix = "" if seed == 42 else f"_seed{seed}"
+            suffix = seed_suffix(seed)
             values = [recall(f"limited_{name}_{fraction}{suffix}") for name in ("single", *methods)]
             if values[0] is not None and any(value is not None for value in values[1:]):
                 rows.append(values)
@@ -203,6 +209,8 @@ def write_report(out: Path) -> None:
           if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
         *(["## GoEmotions as a third task", "", related, ""]
           if (related := seeds_table(results, "tuned_multitask_uncertainty_emotions")) else []),
+        *(["## Started from the single-task sentiment model", "", warm, ""]
+          if (warm := seeds_table(results, "warm_started", WARM_START_CONTROL)) else []),
         "## Per-class F1",
         "",
         per_class_table(results),

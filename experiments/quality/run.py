@@ -45,9 +45,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported by a test rather than run as a script: for the modules beside this one
     sys.path.insert(0, str(HERE))
-from common import SEEDS, TASKS, read_jsonl, write_jsonl  # noqa: E402
+from common import SEEDS, TASKS, read_jsonl, seed_suffix, single_run, write_jsonl  # noqa: E402
 from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
 from related import RelatedTaskStudy  # noqa: E402
+from warm_start import WarmStartStudy  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 SUBSAMPLE_SEED = 20240611
@@ -70,12 +71,7 @@ def scores(predicted, references, labels) -> dict:
     return result
 
 
-def single_run(task: str, seed: int) -> str:
-    """The name of the single-task run of `task` with `seed` (the seed of base.json: no suffix)."""
-    return f"single_{task}" + ("" if seed == SEEDS[0] else f"_seed{seed}")
-
-
-class Experiment(LimitedDataStudy, RelatedTaskStudy):
+class Experiment(LimitedDataStudy, RelatedTaskStudy, WarmStartStudy):
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = Path(out).resolve()
         self.smoke = smoke
@@ -373,8 +369,7 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy):
         both["teachers"] = [f"{task}={runs / single_run(task, seed) / 'model'}"
                             for task in TASKS for seed in ENSEMBLE_SEEDS]
         for seed in SEEDS:
-            suffix = "" if seed == SEEDS[0] else f"_seed{seed}"
-            self.train(f"tuned_multitask_uncertainty_ensemble{suffix}", {**both, "seed": seed})
+            self.train(f"tuned_multitask_uncertainty_ensemble{seed_suffix(seed)}", {**both, "seed": seed})
 
     def ensemble(self, task: str, names: list[str]) -> None:
         key = f"ensemble_{task}"
@@ -432,7 +427,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                           "ensemble_teachers", "related", "limited", "all"),
+                                           "ensemble_teachers", "related", "warm_start", "limited", "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -465,6 +460,8 @@ def main(argv=None) -> None:
         experiment.limited_data()
     if args.only in ("related", "all"):
         experiment.related()
+    if args.only in ("warm_start", "all"):
+        experiment.warm_started()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
     from report import write_report
