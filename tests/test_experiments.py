@@ -36,7 +36,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
                  "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13",
                  "limited_self_trained_emotions_0.01_seed7", "limited_self_trained_emotions_0.01_seed13",
-                 "warm_started", "warm_started_seed7", "single_sentiment_continued"}
+                 "warm_started", "warm_started_seed7", "single_sentiment_continued",
+                 "limited_self_trained_emotions_0.01"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):

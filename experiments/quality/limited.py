@@ -51,6 +51,15 @@ class LimitedDataStudy:
         return {"tasks": ["sentiment"], "train_files": [f"sentiment={self.files[f'sentiment_train_{fraction}']}"],
                 "validation_files": self.validation("sentiment"), "_rows": [f"sentiment_train_{fraction}"]}
 
+    def limited_teacher(self, fraction: float) -> Path:
+        """The folder of the single-task sentiment model of the `fraction` subsample (seed of base.json), trained again
+        if it is missing (models are not kept in the repository)."""
+        teacher = self.out / "runs" / f"limited_single_{fraction}" / "model"
+        if not (teacher / "config.json").is_file():
+            self.results["runs"].pop(f"limited_single_{fraction}", None)
+            self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
+        return teacher
+
     def limited_joint_options(self, fraction: float) -> dict:
         """Train options of joint training on all topic rows and the `fraction` sentiment subsample."""
         return {"train_files": [f"topic={self.files['topic_train']}",
@@ -66,10 +75,7 @@ class LimitedDataStudy:
         files, runs = self.files, self.out / "runs"
         subset, key = files[f"sentiment_train_{fraction}"], f"sentiment_train_{fraction}"
         joint = self.limited_joint_options(fraction)
-        teacher = runs / f"limited_single_{fraction}" / "model"
-        if not (teacher / "config.json").is_file():  # models are not kept in the repository: train it again
-            self.results["runs"].pop(f"limited_single_{fraction}", None)
-            self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
+        teacher = self.limited_teacher(fraction)
         self.train(f"limited_distilled_{fraction}", {
             **joint, "teachers": [f"topic={runs / 'single_topic' / 'model'}", f"sentiment={teacher}"]})
         self.train(f"limited_upsampled_{fraction}", {**joint, "task_sampling": "round_robin"})

@@ -65,7 +65,8 @@ class RelatedTaskStudy:
     def related_seeds(self) -> None:
         """Single-task sentiment and joint training with the related tasks at the smallest fractions again with the
         other seeds (the same subsamples: only the seed of training changes), so the gap between them can be told
-        from the variation between seeds; self-training too (its teacher: the single-task model of the same seed)."""
+        from the variation between seeds; self-training too (its teacher: the single-task model of the same seed),
+        alone and with the related tasks (that one with every seed)."""
         for seed in SEEDS[1:]:
             for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
                 self.train(f"limited_single_{fraction}_seed{seed}", {**self.limited_single_options(fraction),
@@ -75,8 +76,11 @@ class RelatedTaskStudy:
                 teacher = self.out / "runs" / f"limited_single_{fraction}_seed{seed}" / "model"
                 self.self_trained(fraction, teacher, joint, suffix=f"_seed{seed}")
                 self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")  # both at once
+        for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:  # both at once with the seed of base.json
+            if f"limited_self_trained_emotions_{fraction}" not in self.results["runs"]:
+                self.self_trained_related(fraction, self.limited_teacher(fraction), self.limited_joint_options(fraction))
 
-    def self_trained_related(self, fraction: float, teacher: Path, joint: dict, suffix: str) -> None:
+    def self_trained_related(self, fraction: float, teacher: Path, joint: dict, suffix: str = "") -> None:
         """Self-training (`self_trained`'s pseudo-labels and training file) and the related tasks together."""
         name = f"limited_self_trained_emotions_{fraction}{suffix}"
         combined = self.out / "data" / f"sentiment_self_trained_{fraction}{suffix}.jsonl"
