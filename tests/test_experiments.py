@@ -36,7 +36,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "limited_single_0.01_seed7", "limited_emotions_0.01_seed7", "limited_single_0.01_seed13",
                  "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13",
                  "limited_self_trained_emotions_0.01_seed7", "limited_self_trained_emotions_0.01_seed13",
-                 "warm_started", "warm_started_seed7", "single_sentiment_continued",
+                 "warm_started", "single_sentiment_continued",
                  "limited_self_trained_emotions_0.01"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
@@ -86,10 +86,11 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert len(related["labels"][2].split(",")) == 28  # every emotion of the whole file, not only the slice's
     assert 0.0 <= results["runs"]["limited_emotions_0.01"]["related"]["emotions"]["macro_f1"] <= 1.0
     assert "## GoEmotions as a third task" in report and "| 1% | mean | " in report  # limited data, three seeds
-    # The warm-started multi-task model starts from, and distils from, the single-task sentiment model of its seed.
-    warm = json.loads((tmp_path / "runs" / "warm_started_seed7" / "options.json").read_text())
-    assert warm["model"] == "runs/single_sentiment_seed7/model" and "encoder" not in warm and warm["seed"] == 7
-    assert warm["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment_seed7/model"]
-    assert set(results["runs"]["warm_started_seed7"]["metrics"]) == {"topic", "sentiment"}
-    continued = json.loads((tmp_path / "runs" / "single_sentiment_continued_seed7" / "options.json").read_text())
-    assert continued["model"] == "runs/single_sentiment_seed7/model" and continued["tasks"] == ["sentiment"]
+    # The warm-started multi-task model starts from, and distils from, the single-task sentiment model.
+    warm = json.loads((tmp_path / "runs" / "warm_started" / "options.json").read_text())
+    assert warm["model"] == "runs/single_sentiment/model" and "encoder" not in warm
+    assert warm["teachers"] == ["topic=runs/single_topic/model", "sentiment=runs/single_sentiment/model"]
+    assert set(results["runs"]["warm_started"]["metrics"]) == {"topic", "sentiment"}
+    continued = json.loads((tmp_path / "runs" / "single_sentiment_continued" / "options.json").read_text())
+    assert continued["model"] == "runs/single_sentiment/model" and continued["tasks"] == ["sentiment"]
+    assert "| multi-task model started from the single-task sentiment model" in report
