@@ -37,7 +37,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "limited_emotions_0.01_seed13", "limited_self_trained_0.01_seed7", "limited_self_trained_0.01_seed13",
                  "limited_self_trained_emotions_0.01_seed7", "limited_self_trained_emotions_0.01_seed13",
                  "warm_started", "single_sentiment_continued",
-                 "limited_self_trained_emotions_0.01"}
+                 "limited_self_trained_emotions_0.01", "limited_single_matched_0.01",
+                 "limited_single_matched_0.01_seed7"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):

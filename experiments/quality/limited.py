@@ -60,6 +60,21 @@ class LimitedDataStudy:
             self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
         return teacher
 
+    def limited_matched_options(self, fraction: float) -> dict | None:
+        """Train options of single-task sentiment on the `fraction` subsample for as many passes over it as the joint
+        runs make (their task sampling's share of their epochs) instead of MIN_STEPS steps; None where that is the
+        same number of epochs."""
+        from sentence_multitask.sampling import source_shares
+
+        base = json.loads((Path(__file__).resolve().parent / "base.json").read_text())
+        sizes = [self.rows("topic_train"), self.rows(f"sentiment_train_{fraction}")]
+        share = source_shares(sizes, base["task_sampling"], base["sampling_temperature"])[1]
+        epochs = max(1, round(base["num_train_epochs"] * sum(sizes) * share / sizes[1]))
+        options = self.limited_single_options(fraction)
+        if epochs == self.train_epochs(options):
+            return None
+        return {**{key: value for key, value in options.items() if key != "_rows"}, "num_train_epochs": epochs}
+
     def limited_joint_options(self, fraction: float) -> dict:
         """Train options of joint training on all topic rows and the `fraction` sentiment subsample."""
         return {"train_files": [f"topic={self.files['topic_train']}",

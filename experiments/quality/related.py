@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from common import SEEDS, read_jsonl, write_jsonl
+from common import SEEDS, read_jsonl, seed_suffix, write_jsonl
 from limited import NEW_STRATEGY_FRACTIONS
 
 RELATED = {"emotions": "goemotions"}  # task name: file prefix in the shared data
@@ -66,7 +66,8 @@ class RelatedTaskStudy:
         """Single-task sentiment and joint training with the related tasks at the smallest fractions again with the
         other seeds (the same subsamples: only the seed of training changes), so the gap between them can be told
         from the variation between seeds; self-training too (its teacher: the single-task model of the same seed),
-        alone and with the related tasks (that one with every seed)."""
+        alone and with the related tasks (that one with every seed); and single-task sentiment with the joint runs'
+        passes over the subsample (`limited_matched_options`) at every seed."""
         for seed in SEEDS[1:]:
             for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
                 self.train(f"limited_single_{fraction}_seed{seed}", {**self.limited_single_options(fraction),
@@ -78,7 +79,12 @@ class RelatedTaskStudy:
                 self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")  # both at once
         for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:  # both at once with the seed of base.json
             if f"limited_self_trained_emotions_{fraction}" not in self.results["runs"]:
-                self.self_trained_related(fraction, self.limited_teacher(fraction), self.limited_joint_options(fraction))
+                teacher = self.limited_teacher(fraction)
+                self.self_trained_related(fraction, teacher, self.limited_joint_options(fraction))
+        for seed in SEEDS:  # the single-task control with as many passes over the subsample as the joint runs make
+            for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
+                if options := self.limited_matched_options(fraction):
+                    self.train(f"limited_single_matched_{fraction}{seed_suffix(seed)}", {**options, "seed": seed})
 
     def self_trained_related(self, fraction: float, teacher: Path, joint: dict, suffix: str = "") -> None:
         """Self-training (`self_trained`'s pseudo-labels and training file) and the related tasks together."""

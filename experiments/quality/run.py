@@ -133,10 +133,8 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, WarmStartStudy):
             merged["encoder"] = self.encoder
         if self.smoke:
             merged.update(num_train_epochs=1, max_steps=2, per_device_train_batch_size=8)
-        train_rows = sum(self.rows(key) for key in options.pop("_rows", []))
-        if train_rows and not self.smoke:
-            steps_per_epoch = math.ceil(train_rows / merged["per_device_train_batch_size"])
-            merged["num_train_epochs"] = max(merged["num_train_epochs"], math.ceil(MIN_STEPS / steps_per_epoch))
+        if not self.smoke:
+            merged["num_train_epochs"] = self.train_epochs(merged)
         merged.pop("_rows", None)
         options_path = run_dir / "options.json"
         # Paths relative to the output folder, which the run starts in: the file says the same on any machine.
@@ -152,6 +150,16 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, WarmStartStudy):
         self.save()
         print(f"{name}: {json.dumps(result['metrics'])} ({seconds:.0f} s)", flush=True)
         return result
+
+    def train_epochs(self, options: dict) -> int:
+        """The epochs of a run with `options` (over base.json's): raised so that its `_rows` (keys of the files it
+        trains on) make MIN_STEPS optimizer steps."""
+        merged = {**json.loads((HERE / "base.json").read_text()), **options}
+        train_rows = sum(self.rows(key) for key in merged.get("_rows", []))
+        if not train_rows:
+            return merged["num_train_epochs"]
+        steps_per_epoch = math.ceil(train_rows / merged["per_device_train_batch_size"])
+        return max(merged["num_train_epochs"], math.ceil(MIN_STEPS / steps_per_epoch))
 
     def relative(self, value):
         """`value` (an option value, a list of them or a dict) with paths inside the output folder made relative to
