@@ -17,6 +17,8 @@
     python experiments/quality/run.py --only related       # GoEmotions as a third task: the headline recipe and the
                                                            # smallest sentiment fractions; those fractions' single-
                                                            # task and self-trained runs with the other seeds
+    python experiments/quality/run.py --only warm_start    # the multi-task model started from the single-task
+                                                           # sentiment model, and that model trained on alone
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
