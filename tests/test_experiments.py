@@ -38,7 +38,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "limited_self_trained_emotions_0.01_seed7", "limited_self_trained_emotions_0.01_seed13",
                  "warm_started", "single_sentiment_continued",
                  "limited_self_trained_emotions_0.01", "limited_single_matched_0.01",
-                 "limited_single_matched_0.01_seed7"}
+                 "limited_single_matched_0.01_seed7", "tuned_multitask_uncertainty_constant",
+                 "tuned_multitask_uncertainty_constant_seed13"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -95,3 +96,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     continued = json.loads((tmp_path / "runs" / "single_sentiment_continued" / "options.json").read_text())
     assert continued["model"] == "runs/single_sentiment/model" and continued["tasks"] == ["sentiment"]
     assert "| multi-task model started from the single-task sentiment model" in report
+    constant = tmp_path / "runs" / "tuned_multitask_uncertainty_constant_seed13" / "options.json"
+    constant = json.loads(constant.read_text())
+    assert constant["teacher_annealing"] == "constant" and constant["distillation_weight"] == 0.5
+    assert constant["teachers"] == tuned["teachers"] and constant["seed"] == 13
+    assert "## Constant teacher weight" in report

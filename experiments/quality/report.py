@@ -210,6 +210,8 @@ def write_report(out: Path) -> None:
           if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
         *(["## GoEmotions as a third task", "", related, ""]
           if (related := seeds_table(results, "tuned_multitask_uncertainty_emotions")) else []),
+        *(["## Constant teacher weight", "", constant, ""]
+          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant")) else []),
         "## Per-class F1",
         "",
         per_class_table(results),

@@ -19,6 +19,7 @@
                                                            # task and self-trained runs with the other seeds
     python experiments/quality/run.py --only warm_start    # the multi-task model started from the single-task
                                                            # sentiment model, and that model trained on alone
+    python experiments/quality/run.py --only constant_teacher  # the headline recipe with a constant teacher weight
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -50,7 +51,7 @@ if str(HERE) not in sys.path:  # imported by a test rather than run as a script:
 from common import SEEDS, TASKS, read_jsonl, seed_suffix, single_run, write_jsonl  # noqa: E402
 from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
 from related import RelatedTaskStudy  # noqa: E402
-from warm_start import WarmStartStudy  # noqa: E402
+from full_data import FullDataStudy  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 SUBSAMPLE_SEED = 20240611
@@ -73,7 +74,7 @@ def scores(predicted, references, labels) -> dict:
     return result
 
 
-class Experiment(LimitedDataStudy, RelatedTaskStudy, WarmStartStudy):
+class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
     def __init__(self, out: Path, smoke: bool, encoder: str | None = None, in_process: bool = False):
         self.out = Path(out).resolve()
         self.smoke = smoke
@@ -437,7 +438,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                           "ensemble_teachers", "related", "warm_start", "limited", "all"),
+                                           "ensemble_teachers", "related", "warm_start", "constant_teacher", "limited",
+                                           "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -472,6 +474,8 @@ def main(argv=None) -> None:
         experiment.related()
     if args.only in ("warm_start", "all"):
         experiment.warm_started()
+    if args.only in ("constant_teacher", "all"):
+        experiment.constant_teacher()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
     from report import write_report

@@ -1,0 +1,48 @@
+"""Two more full-data levers of the quality experiment, each beside the headline multi-task recipe:
+
+- `run.py --only warm_start`: the headline recipe started from the single-task sentiment model (its encoder and
+  sentiment head; a new topic head) instead of from all-MiniLM-L6-v2, distilled from that model and the single-task
+  topic model (supplementary training on an intermediate task first, as STILTs does, Phang et al. 2018). Sentiment
+  then gets the single-task model's two epochs plus two joint ones, so the control is that single-task model trained
+  two epochs more on its own. One seed, the one of base.json: both runs fell well behind there.
+- `run.py --only constant_teacher`: the headline recipe with the teacher weight held at CONSTANT_TEACHER_WEIGHT
+  instead of annealed from 1 to 0, at every seed: the students end below their teachers, and a constant weight keeps
+  them learning from them to the end.
+
+`FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
+"""
+
+from __future__ import annotations
+
+from common import SEEDS, seed_suffix
+
+START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
+CONSTANT_TEACHER_WEIGHT = 0.5
+
+
+class FullDataStudy:
+    """The study's steps, for `Experiment` (run.py) to inherit."""
+
+    def warm_started(self) -> None:
+        """The multi-task model started from the single-task START_TASK model (`warm_started`), and that model
+        continued alone for the same epochs with its own recipe (`single_<task>_continued`). A starting model whose
+        folder is missing (models are not kept in the repository) is trained again first."""
+        self.seeds()
+        name = f"single_{START_TASK}"
+        start = self.out / "runs" / name / "model"
+        if not (start / "config.json").is_file():
+            self.results["runs"].pop(name, None)
+            self.train(name, self.single_options(START_TASK))
+        both = self.headline_options()
+        teachers = [item for item in both["teachers"] if not item.startswith(f"{START_TASK}=")]
+        self.train("warm_started", {**both, "model": str(start), "teachers": [*teachers, f"{START_TASK}={start}"]})
+        self.train(f"{name}_continued", {**self.single_options(START_TASK), "model": str(start)})
+
+    def constant_teacher(self) -> None:
+        """The headline recipe (`seeds`) with `--teacher_annealing constant` at CONSTANT_TEACHER_WEIGHT, at every seed
+        of SEEDS (the same teachers)."""
+        self.seeds()
+        both = {**self.headline_options(), "teacher_annealing": "constant",
+                "distillation_weight": CONSTANT_TEACHER_WEIGHT}
+        for seed in SEEDS:
+            self.train(f"tuned_multitask_uncertainty_constant{seed_suffix(seed)}", {**both, "seed": seed})
