@@ -49,9 +49,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported by a test rather than run as a script: for the modules beside this one
     sys.path.insert(0, str(HERE))
 from common import SEEDS, TASKS, read_jsonl, seed_suffix, single_run, write_jsonl  # noqa: E402
+from full_data import FullDataStudy  # noqa: E402
 from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
 from related import RelatedTaskStudy  # noqa: E402
-from full_data import FullDataStudy  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 SUBSAMPLE_SEED = 20240611
