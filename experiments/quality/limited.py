@@ -117,15 +117,16 @@ class LimitedDataStudy:
         name = f"limited_self_trained_{fraction}{suffix}"
         if name in self.results["runs"]:
             return
-        combined, stats = self.pseudo_labelled(fraction, teacher, suffix)
+        combined, stats = self.pseudo_labelled(fraction, teacher, name, suffix)
         self.train(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
         self.results["runs"][name]["pseudo_labels"] = stats
         self.save()
 
-    def pseudo_labelled(self, fraction: float, teacher: Path, suffix: str = "") -> tuple[Path, dict]:
+    def pseudo_labelled(self, fraction: float, teacher: Path, run: str, suffix: str = "") -> tuple[Path, dict]:
         """The subsample and the PSEUDO_PER_CLASS texts per predicted label of the rest of the sentiment training texts
         that `teacher` (the single-task model of this subsample) is most sure of, as one training file; and what
-        those pseudo-labels are (rows, per label, agreement with the hidden gold labels)."""
+        those pseudo-labels are (rows, per label, agreement with the hidden gold labels). The predict log goes to the
+        folder of `run`, the run that trains on the file."""
         gold = read_jsonl(self.files[f"sentiment_train_{fraction}"])
         known = {row["text"] for row in gold}
         rest = [row for row in read_jsonl(self.files["sentiment_train"]) if row["text"] not in known]
@@ -134,7 +135,7 @@ class LimitedDataStudy:
                                  data / f"sentiment_predicted_{fraction}{suffix}.jsonl")
         write_jsonl([{"text": row["text"]} for row in rest], unlabelled)
         predicted.unlink(missing_ok=True)  # an earlier, interrupted run's (predict never overwrites)
-        log = self.out / "runs" / f"limited_self_trained_{fraction}{suffix}" / "predict.log"
+        log = self.out / "runs" / run / "predict.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.command(["predict", "--model", str(teacher), "--input", str(unlabelled), "--output", str(predicted),
                       "--keep_columns", "text", "--batch_size", "64"], log)

@@ -91,5 +91,5 @@ class RelatedTaskStudy:
         name = f"limited_self_trained_emotions_{fraction}{suffix}"
         combined = self.out / "data" / f"sentiment_self_trained_{fraction}{suffix}.jsonl"
         if name not in self.results["runs"] and not combined.exists():
-            combined, _ = self.pseudo_labelled(fraction, teacher, suffix)
+            combined, _ = self.pseudo_labelled(fraction, teacher, name, suffix)
         self.with_related(name, {**joint, "train_files": [joint["train_files"][0], f"sentiment={combined}"]})
