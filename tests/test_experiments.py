@@ -39,7 +39,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "warm_started", "single_sentiment_continued",
                  "limited_self_trained_emotions_0.01", "limited_single_matched_0.01",
                  "limited_single_matched_0.01_seed7", "tuned_multitask_uncertainty_constant",
-                 "tuned_multitask_uncertainty_constant_seed13"}
+                 "tuned_multitask_uncertainty_constant_seed13", "tuned_multitask_uncertainty_constant_w0.75_seed7"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -100,4 +100,4 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     constant = json.loads(constant.read_text())
     assert constant["teacher_annealing"] == "constant" and constant["distillation_weight"] == 0.5
     assert constant["teachers"] == tuned["teachers"] and constant["seed"] == 13
-    assert "## Constant teacher weight" in report
+    assert "## Constant teacher weight 0.5" in report and "## Constant teacher weight 0.75" in report

@@ -5,7 +5,7 @@
   topic model (supplementary training on an intermediate task first, as STILTs does, Phang et al. 2018). Sentiment
   then gets the single-task model's two epochs plus two joint ones, so the control is that single-task model trained
   two epochs more on its own. One seed, the one of base.json: both runs fell well behind there.
-- `run.py --only constant_teacher`: the headline recipe with the teacher weight held at CONSTANT_TEACHER_WEIGHT
+- `run.py --only constant_teacher`: the headline recipe with the teacher weight held constant (CONSTANT_TEACHER_WEIGHTS)
   instead of annealed from 1 to 0, at every seed: the students end below their teachers, and a constant weight keeps
   them learning from them to the end.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from common import SEEDS, seed_suffix
 
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
-CONSTANT_TEACHER_WEIGHT = 0.5
+CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
 
 
 class FullDataStudy:
@@ -39,10 +39,12 @@ class FullDataStudy:
         self.train(f"{name}_continued", {**self.single_options(START_TASK), "model": str(start)})
 
     def constant_teacher(self) -> None:
-        """The headline recipe (`seeds`) with `--teacher_annealing constant` at CONSTANT_TEACHER_WEIGHT, at every seed
-        of SEEDS (the same teachers)."""
+        """The headline recipe (`seeds`) with `--teacher_annealing constant` at each of CONSTANT_TEACHER_WEIGHTS, at
+        every seed of SEEDS (the same teachers)."""
         self.seeds()
-        both = {**self.headline_options(), "teacher_annealing": "constant",
-                "distillation_weight": CONSTANT_TEACHER_WEIGHT}
-        for seed in SEEDS:
-            self.train(f"tuned_multitask_uncertainty_constant{seed_suffix(seed)}", {**both, "seed": seed})
+        for weight in CONSTANT_TEACHER_WEIGHTS:
+            both = {**self.headline_options(), "teacher_annealing": "constant", "distillation_weight": weight}
+            name = "tuned_multitask_uncertainty_constant" + ("" if weight == CONSTANT_TEACHER_WEIGHTS[0] else
+                                                             f"_w{weight}")
+            for seed in SEEDS:
+                self.train(f"{name}{seed_suffix(seed)}", {**both, "seed": seed})

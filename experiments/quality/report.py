@@ -210,8 +210,10 @@ def write_report(out: Path) -> None:
           if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
         *(["## GoEmotions as a third task", "", related, ""]
           if (related := seeds_table(results, "tuned_multitask_uncertainty_emotions")) else []),
-        *(["## Constant teacher weight", "", constant, ""]
+        *(["## Constant teacher weight 0.5", "", constant, ""]
           if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant")) else []),
+        *(["## Constant teacher weight 0.75", "", constant, ""]
+          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_w0.75")) else []),
         "## Per-class F1",
         "",
         per_class_table(results),
