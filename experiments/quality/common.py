@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 TASKS = {"topic": ["sports", "health", "tech", "finance", "education", "other"],
          "sentiment": ["negative", "neutral", "positive"]}
 SEEDS = (42, 7, 13)  # the seed of base.json, then the other seeds of the `seeds` step
+
+
+def base_options() -> dict:
+    """The train options every run starts from (base.json)."""
+    return json.loads((HERE / "base.json").read_text())
 
 
 def read_jsonl(path: Path) -> list[dict]:

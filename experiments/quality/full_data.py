@@ -29,10 +29,7 @@ class FullDataStudy:
         folder is missing (models are not kept in the repository) is trained again first."""
         self.seeds()
         name = f"single_{START_TASK}"
-        start = self.out / "runs" / name / "model"
-        if not (start / "config.json").is_file():
-            self.results["runs"].pop(name, None)
-            self.train(name, self.single_options(START_TASK))
+        start = self.kept_model(name, self.single_options(START_TASK))
         both = self.headline_options()
         teachers = [item for item in both["teachers"] if not item.startswith(f"{START_TASK}=")]
         self.train("warm_started", {**both, "model": str(start), "teachers": [*teachers, f"{START_TASK}={start}"]})

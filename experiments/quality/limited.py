@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import TASKS, read_jsonl, write_jsonl
+from common import TASKS, base_options, read_jsonl, write_jsonl
 
 FRACTIONS = (0.01, 0.05, 0.2, 1.0)
 NEW_STRATEGY_FRACTIONS = (0.01, 0.05)
@@ -27,8 +27,7 @@ class LimitedDataStudy:
         topic_model = self.out / "runs" / "single_topic" / "model"
         if "single_topic" not in self.results["runs"]:
             self.main_table()
-        fractions, new_fractions = ((0.01, 1.0), (0.01,)) if self.smoke else (FRACTIONS, NEW_STRATEGY_FRACTIONS)
-        for fraction in fractions:
+        for fraction in (0.01, 1.0) if self.smoke else FRACTIONS:
             subset = files[f"sentiment_train_{fraction}"]
             key = f"sentiment_train_{fraction}"
             if fraction == 1.0:
@@ -42,9 +41,14 @@ class LimitedDataStudy:
                 "model": str(topic_model), "freeze_encoder": True, "tasks": ["sentiment"],
                 "labels": ["sentiment=negative,neutral,positive"], "train_files": [f"sentiment={subset}"],
                 "validation_files": self.validation("sentiment"), "_rows": [key]})
-            if fraction in new_fractions:
+            if fraction in self.small_fractions:
                 self.limited_strategies(fraction)
         self.save()
+
+    @property
+    def small_fractions(self) -> tuple[float, ...]:
+        """The fractions of the strategies beyond single-task, joint and sequential (the smoke run: the smallest)."""
+        return NEW_STRATEGY_FRACTIONS[:1] if self.smoke else NEW_STRATEGY_FRACTIONS
 
     def limited_single_options(self, fraction: float) -> dict:
         """Train options of single-task sentiment on the `fraction` subsample (epochs raised to MIN_STEPS steps)."""
@@ -54,11 +58,7 @@ class LimitedDataStudy:
     def limited_teacher(self, fraction: float) -> Path:
         """The folder of the single-task sentiment model of the `fraction` subsample (seed of base.json), trained again
         if it is missing (models are not kept in the repository)."""
-        teacher = self.out / "runs" / f"limited_single_{fraction}" / "model"
-        if not (teacher / "config.json").is_file():
-            self.results["runs"].pop(f"limited_single_{fraction}", None)
-            self.train(f"limited_single_{fraction}", self.limited_single_options(fraction))
-        return teacher
+        return self.kept_model(f"limited_single_{fraction}", self.limited_single_options(fraction))
 
     def limited_matched_options(self, fraction: float) -> dict | None:
         """Train options of single-task sentiment on the `fraction` subsample for as many passes over it as the joint
@@ -66,7 +66,7 @@ class LimitedDataStudy:
         same number of epochs."""
         from sentence_multitask.sampling import source_shares
 
-        base = json.loads((Path(__file__).resolve().parent / "base.json").read_text())
+        base = base_options()
         sizes = [self.rows("topic_train"), self.rows(f"sentiment_train_{fraction}")]
         share = source_shares(sizes, base["task_sampling"], base["sampling_temperature"])[1]
         epochs = max(1, round(base["num_train_epochs"] * sum(sizes) * share / sizes[1]))

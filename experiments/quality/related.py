@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import random
+from functools import cached_property
 from pathlib import Path
 
-from common import SEEDS, read_jsonl, seed_suffix, write_jsonl
-from limited import NEW_STRATEGY_FRACTIONS
+from common import SEEDS, base_options, read_jsonl, seed_suffix, write_jsonl
 
 RELATED = {"emotions": "goemotions"}  # task name: file prefix in the shared data
 RELATED_OPTIONS = {"class_weights": ["emotions=auto"]}  # each emotion's pos_weight from the data
@@ -22,6 +22,7 @@ RELATED_OPTIONS = {"class_weights": ["emotions=auto"]}  # each emotion's pos_wei
 class RelatedTaskStudy:
     """The study's steps, for `Experiment` (run.py) to inherit."""
 
+    @cached_property
     def related_files(self) -> tuple[list[str], list[str], list[str]]:
         """`TASK=PATH` train and validation items of the related tasks, copied into OUT/data (a slice in smoke mode),
         and their `TASK=a,b,...` labels: every label of the whole training file, in sorted order."""
@@ -38,9 +39,8 @@ class RelatedTaskStudy:
 
     def with_related(self, name: str, options: dict) -> dict:
         """`train` with the related tasks' files added to `options`; their figures recorded beside the others."""
-        train, validation, labels = self.related_files()
-        base = json.loads((Path(__file__).resolve().parent / "base.json").read_text())
-        result = self.train(name, {**options, **RELATED_OPTIONS, "labels": [*base["labels"], *labels],
+        train, validation, labels = self.related_files
+        result = self.train(name, {**options, **RELATED_OPTIONS, "labels": [*base_options()["labels"], *labels],
                                    "train_files": [*options["train_files"], *train],
                                    "validation_files": [*options["validation_files"], *validation]})
         if "related" not in result:
@@ -56,10 +56,10 @@ class RelatedTaskStudy:
         self.seeds()
         both = self.headline_options()
         self.with_related("tuned_multitask_uncertainty_emotions", both)
-        for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
+        for fraction in self.small_fractions:
             self.with_related(f"limited_emotions_{fraction}", self.limited_joint_options(fraction))
         for seed in SEEDS[1:]:
-            self.with_related(f"tuned_multitask_uncertainty_emotions_seed{seed}", {**both, "seed": seed})
+            self.with_related(f"tuned_multitask_uncertainty_emotions{seed_suffix(seed)}", {**both, "seed": seed})
         self.related_seeds()
 
     def related_seeds(self) -> None:
@@ -69,20 +69,20 @@ class RelatedTaskStudy:
         alone and with the related tasks (that one with every seed); and single-task sentiment with the joint runs'
         passes over the subsample (`limited_matched_options`) at every seed."""
         for seed in SEEDS[1:]:
-            for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
-                self.train(f"limited_single_{fraction}_seed{seed}", {**self.limited_single_options(fraction),
-                                                                     "seed": seed})
+            suffix = seed_suffix(seed)
+            for fraction in self.small_fractions:
+                teacher = self.kept_model(f"limited_single_{fraction}{suffix}",
+                                          {**self.limited_single_options(fraction), "seed": seed})
                 joint = {**self.limited_joint_options(fraction), "seed": seed}
-                self.with_related(f"limited_emotions_{fraction}_seed{seed}", joint)
-                teacher = self.out / "runs" / f"limited_single_{fraction}_seed{seed}" / "model"
-                self.self_trained(fraction, teacher, joint, suffix=f"_seed{seed}")
-                self.self_trained_related(fraction, teacher, joint, suffix=f"_seed{seed}")  # both at once
-        for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:  # both at once with the seed of base.json
+                self.with_related(f"limited_emotions_{fraction}{suffix}", joint)
+                self.self_trained(fraction, teacher, joint, suffix=suffix)
+                self.self_trained_related(fraction, teacher, joint, suffix=suffix)  # both at once
+        for fraction in self.small_fractions:  # both at once with the seed of base.json
             if f"limited_self_trained_emotions_{fraction}" not in self.results["runs"]:
                 teacher = self.limited_teacher(fraction)
                 self.self_trained_related(fraction, teacher, self.limited_joint_options(fraction))
         for seed in SEEDS:  # the single-task control with as many passes over the subsample as the joint runs make
-            for fraction in (0.01,) if self.smoke else NEW_STRATEGY_FRACTIONS:
+            for fraction in self.small_fractions:
                 if options := self.limited_matched_options(fraction):
                     self.train(f"limited_single_matched_{fraction}{seed_suffix(seed)}", {**options, "seed": seed})
 

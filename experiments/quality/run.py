@@ -48,7 +48,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported by a test rather than run as a script: for the modules beside this one
     sys.path.insert(0, str(HERE))
-from common import SEEDS, TASKS, read_jsonl, seed_suffix, single_run, write_jsonl  # noqa: E402
+from common import SEEDS, TASKS, base_options, read_jsonl, seed_suffix, single_run, write_jsonl  # noqa: E402
 from full_data import FullDataStudy  # noqa: E402
 from limited import FRACTIONS, LimitedDataStudy  # noqa: E402
 from related import RelatedTaskStudy  # noqa: E402
@@ -130,7 +130,7 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
             return self.results["runs"][name]
         run_dir = self.out / "runs" / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        merged = {**json.loads((HERE / "base.json").read_text()), **options, "output_dir": str(run_dir / "model"),
+        merged = {**base_options(), **options, "output_dir": str(run_dir / "model"),
                   "overwrite_model": True}
         if self.encoder and "model" not in options:
             merged["encoder"] = self.encoder
@@ -157,12 +157,21 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
     def train_epochs(self, options: dict) -> int:
         """The epochs of a run with `options` (over base.json's): raised so that its `_rows` (keys of the files it
         trains on) make MIN_STEPS optimizer steps."""
-        merged = {**json.loads((HERE / "base.json").read_text()), **options}
+        merged = {**base_options(), **options}
         train_rows = sum(self.rows(key) for key in merged.get("_rows", []))
         if not train_rows:
             return merged["num_train_epochs"]
         steps_per_epoch = math.ceil(train_rows / merged["per_device_train_batch_size"])
         return max(merged["num_train_epochs"], math.ceil(MIN_STEPS / steps_per_epoch))
+
+    def kept_model(self, name: str, options: dict) -> Path:
+        """The model folder of run `name`, trained (again) with `options` if it is missing: models are not kept in the
+        repository, and a run trained again replaces its figures."""
+        model = self.out / "runs" / name / "model"
+        if not (model / "config.json").is_file():
+            self.results["runs"].pop(name, None)
+            self.train(name, options)
+        return model
 
     def relative(self, value):
         """`value` (an option value, a list of them or a dict) with paths inside the output folder made relative to
@@ -365,9 +374,7 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
         for task in TASKS:
             names = [single_run(task, seed) for seed in ENSEMBLE_SEEDS]
             for name, seed in zip(names, ENSEMBLE_SEEDS):
-                if not (self.out / "runs" / name / "model" / "config.json").is_file():
-                    self.results["runs"].pop(name, None)
-                self.train(name, {**self.single_options(task), "seed": seed})
+                self.kept_model(name, {**self.single_options(task), "seed": seed})
             self.ensemble(task, names)
 
     def ensemble_teachers(self) -> None:
