@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from sentence_multitask import SentenceMultiTaskModel, training
-from sentence_multitask.arguments import parse_args
+from sentence_multitask.arguments import parse_args, teacher_annealing_modes
 from sentence_multitask.data import IGNORE, LABEL_PREFIX
 from sentence_multitask.distillation import (
     TEACHER_PREFIX,
@@ -24,9 +24,11 @@ from sentence_multitask.distillation import (
     add_teacher_logits,
     check_teachers,
     distillation_loss,
+    task_teacher_annealing,
     teacher_weight,
 )
 from sentence_multitask.sampling import MultiTaskSampler, annealed_alpha, source_shares
+from sentence_multitask import trainer as trainer_module
 from sentence_multitask.trainer import LOSS_BALANCING_FILE, MultiTaskTrainer
 
 TOPICS = {"sports": ["the team won the match", "the striker scored twice"],
@@ -246,14 +248,23 @@ def test_a_teacher_without_the_task_or_with_other_labels_is_refused_by_name(tmp_
 # ---------------------------------------------------------------------------------------------------- training
 
 
-def test_training_with_teachers_and_gradient_accumulation(tmp_path, tiny_encoder, files, teachers):
+def test_training_with_teachers_and_gradient_accumulation(tmp_path, tiny_encoder, files, teachers, monkeypatch):
+    weights = {}  # number of labels (the task) -> teacher weights used
+
+    def recording(supervised, student_logits, teacher_logits, teacher_weight, *args):
+        weights.setdefault(student_logits.shape[-1], []).append(teacher_weight)
+        return distillation_loss(supervised, student_logits, teacher_logits, teacher_weight, *args)
+
+    monkeypatch.setattr(trainer_module, "distillation_loss", recording)
     training.main(run_args(tiny_encoder, tmp_path, files, "--teachers", f"topic={teachers['topic']}",
                            f"sentiment={teachers['sentiment']}", "--distillation_temperature", "2", "--max_steps", "2",
-                           "--gradient_accumulation_steps", "2", "--teacher_annealing", "constant",
+                           "--gradient_accumulation_steps", "2", "--teacher_annealing", "constant", "topic=linear",
                            "--distillation_weight", "0.7", "--task_sampling", "annealed"))
     assert list(SentenceMultiTaskModel.from_pretrained(tmp_path).config.tasks) == ["topic", "sentiment"]
     card = (tmp_path / "README.md").read_text()
-    assert "temperature 2.0, teacher weight constant 0.7" in card
+    assert ("temperature 2.0, teacher weight topic annealed linearly from 1 to 0, sentiment constant 0.7" in card)
+    assert set(weights[len(TASKS["sentiment"])]) == {0.7}
+    assert sorted(set(weights[len(TASKS["topic"])]), reverse=True) == [1.0, 0.5]  # steps 0 and 1 of 2
 
 
 class Interrupted(Exception):
@@ -304,8 +315,34 @@ def test_bad_options_are_refused_by_name(option, value, message):
         parse_args([option, value])
 
 
+@pytest.mark.parametrize("values, message", [
+    (["cosine"], r"--teacher_annealing must be one of linear, constant, got 'cosine'"),
+    (["linear", "sentiment=cosine"], r"--teacher_annealing must be one of linear, constant, got 'sentiment=cosine'"),
+    (["linear", "constant"], r"--teacher_annealing gives 2 modes for every task \(linear, constant\); give one"),
+    (["topic=linear", "topic=constant"], r"--teacher_annealing gives 'topic' twice"),
+])
+def test_bad_teacher_annealing_is_refused_by_name(values, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--teacher_annealing", *values])
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"teacher_annealing": values if len(values) > 1 else values[0]}))
+    with pytest.raises(ValueError, match=message):
+        parse_args([str(options)])
+
+
+def test_teacher_annealing_per_task():
+    assert teacher_annealing_modes(["linear", "sentiment=constant"]) == {None: "linear", "sentiment": "constant"}
+    assert teacher_annealing_modes(["topic=constant"]) == {None: "linear", "topic": "constant"}
+    teachers = {"topic": ["t"], "sentiment": ["s"]}
+    assert task_teacher_annealing(["constant", "topic=linear"], teachers) == {"topic": "linear",
+                                                                             "sentiment": "constant"}
+    assert task_teacher_annealing(parse_args([])[2].teacher_annealing, teachers) == {"topic": "linear",
+                                                                                 "sentiment": "linear"}
+    with pytest.raises(ValueError, match=r"--teacher_annealing names 'emotion', which --teachers does not distil"):
+        task_teacher_annealing(["emotion=constant"], teachers)
+
+
 @pytest.mark.parametrize("option, value, choices", [
-    ("--teacher_annealing", "cosine", "linear, constant"),
     ("--loss_balancing", "gradnorm", "static, uncertainty"),
     ("--task_sampling", "annealing", "proportional, temperature, round_robin, annealed"),
 ])

@@ -101,3 +101,7 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert constant["teacher_annealing"] == "constant" and constant["distillation_weight"] == 0.5
     assert constant["teachers"] == tuned["teachers"] and constant["seed"] == 13
     assert "## Constant teacher weight 0.5" in report and "## Constant teacher weight 0.75" in report
+    sentiment_only = tmp_path / "runs" / "tuned_multitask_uncertainty_constant_sentiment_seed7" / "options.json"
+    sentiment_only = json.loads(sentiment_only.read_text())
+    assert sentiment_only["teacher_annealing"] == ["linear", "sentiment=constant"]
+    assert sentiment_only["distillation_weight"] == 0.75 and sentiment_only["teachers"] == tuned["teachers"]

@@ -7,7 +7,8 @@
   two epochs more on its own. One seed, the one of base.json: both runs fell well behind there.
 - `run.py --only constant_teacher`: the headline recipe with the teacher weight held constant (CONSTANT_TEACHER_WEIGHTS)
   instead of annealed from 1 to 0, at every seed: the students end below their teachers, and a constant weight keeps
-  them learning from them to the end.
+  them learning from them to the end. Then the same with only sentiment's weight constant (SENTIMENT_TEACHER_WEIGHT)
+  and topic's annealed: a constant weight helped sentiment and cost topic.
 
 `FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
 """
@@ -18,6 +19,7 @@ from common import SEEDS, seed_suffix
 
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
 CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
+SENTIMENT_TEACHER_WEIGHT = 0.75  # constant for sentiment only (topic annealed), the better sentiment weight above
 
 
 class FullDataStudy:
@@ -36,8 +38,8 @@ class FullDataStudy:
         self.train(f"{name}_continued", {**self.single_options(START_TASK), "model": str(start)})
 
     def constant_teacher(self) -> None:
-        """The headline recipe (`seeds`) with `--teacher_annealing constant` at each of CONSTANT_TEACHER_WEIGHTS, at
-        every seed of SEEDS (the same teachers)."""
+        """The headline recipe (`seeds`) with `--teacher_annealing constant` at each of CONSTANT_TEACHER_WEIGHTS, then
+        with `--teacher_annealing linear sentiment=constant`, at every seed of SEEDS (the same teachers)."""
         self.seeds()
         for weight in CONSTANT_TEACHER_WEIGHTS:
             both = {**self.headline_options(), "teacher_annealing": "constant", "distillation_weight": weight}
@@ -45,3 +47,7 @@ class FullDataStudy:
                                                              f"_w{weight}")
             for seed in SEEDS:
                 self.train(f"{name}{seed_suffix(seed)}", {**both, "seed": seed})
+        both = {**self.headline_options(), "teacher_annealing": ["linear", "sentiment=constant"],
+                "distillation_weight": SENTIMENT_TEACHER_WEIGHT}
+        for seed in SEEDS:
+            self.train(f"tuned_multitask_uncertainty_constant_sentiment{seed_suffix(seed)}", {**both, "seed": seed})

@@ -179,10 +179,11 @@ class MultiTaskTrainingArguments(TrainingArguments):
     distillation_temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature T of the teacher term (scaled by T^2)."}
     )
-    teacher_annealing: str = field(
-        default="linear",
+    teacher_annealing: list[str] = field(
+        default_factory=lambda: ["linear"],
         metadata={"help": "Weight of the teacher term: linear (from 1 at the start to 0 at the end of training, the "
-                          "default) or constant (--distillation_weight).", "choices": TEACHER_ANNEALING_MODES},
+                          "default) or constant (--distillation_weight); for every task, or per task as TASK=MODE "
+                          "(`linear sentiment=constant`: sentiment constant, the other tasks linear)."},
     )
     distillation_weight: float = field(
         default=0.5, metadata={"help": "Teacher weight of --teacher_annealing constant, in [0, 1]."}
@@ -264,9 +265,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError("--training_mode sequential needs --primary_tasks (the tasks trained first).")
         if not self.distillation_temperature > 0:
             raise ValueError(f"--distillation_temperature must be positive, got {self.distillation_temperature}.")
-        if self.teacher_annealing not in TEACHER_ANNEALING_MODES:
-            raise ValueError(f"--teacher_annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got "
-                             f"{self.teacher_annealing!r}.")
+        if isinstance(self.teacher_annealing, str):  # an options file may give one mode as a string
+            self.teacher_annealing = [self.teacher_annealing]
+        teacher_annealing_modes(self.teacher_annealing)
         if not 0 <= self.distillation_weight <= 1:
             raise ValueError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}.")
         if self.loss_balancing not in LOSS_BALANCING_MODES:
@@ -379,6 +380,22 @@ def parse_task_weights(items: Sequence[str] | None) -> dict[str, float]:
                              f"{task + '=' + value!r}.")
         weights[task] = weight
     return weights
+
+
+def teacher_annealing_modes(items: Sequence[str] | None) -> dict[str | None, str]:
+    """--teacher_annealing items as {task: mode}, the mode of the tasks not named under None: linear, unless one
+    bare MODE item sets it; an error names the bad item."""
+    bare = [item for item in items or [] if "=" not in item]
+    if len(bare) > 1:
+        raise ValueError(f"--teacher_annealing gives {len(bare)} modes for every task ({', '.join(bare)}); give one, "
+                         "and TASK=MODE for the tasks that differ.")
+    modes = {None: bare[0].strip() if bare else "linear",
+             **parse_key_values([item for item in items or [] if "=" in item], "--teacher_annealing")}
+    for task, mode in modes.items():
+        if mode not in TEACHER_ANNEALING_MODES:
+            item = mode if task is None else f"{task}={mode}"
+            raise ValueError(f"--teacher_annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got {item!r}.")
+    return modes
 
 
 def _model_type(folder: str | None) -> str | None:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers.utils.logging import tqdm
 
-from .arguments import TEACHER_ANNEALING_MODES, parse_key_values
+from .arguments import TEACHER_ANNEALING_MODES, parse_key_values, teacher_annealing_modes
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
 from .batching_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches
@@ -205,6 +205,17 @@ def teacher_weight(step: int, max_steps: int, annealing: str = "linear", constan
     if annealing != "linear":
         raise ValueError(f"teacher annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got {annealing!r}.")
     return max(0.0, 1.0 - step / max(1, max_steps))
+
+
+def task_teacher_annealing(items: Sequence[str] | None, teachers: Mapping[str, Any]) -> dict[str, str]:
+    """Each distilled task's --teacher_annealing mode (`teacher_annealing_modes`); a task named there without a
+    teacher is refused by name."""
+    modes = teacher_annealing_modes(items)
+    strays = [task for task in modes if task is not None and task not in teachers]
+    if strays:
+        raise ValueError(f"--teacher_annealing names {', '.join(map(repr, strays))}, which --teachers does not "
+                         f"distil (it distils {list(teachers)}); name only tasks that have a teacher.")
+    return {task: modes.get(task, modes[None]) for task in teachers}
 
 
 def distillation_loss(supervised: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -31,7 +31,8 @@ from .arguments import (
 from .card import training_summary
 from .checkpoints import PHASE_FOLDERS, check_output_dir, check_steps_left, resume_plan, save_model_atomically
 from .data import MultiTaskCollator, prepare_data, rows_with_labels, usable_max_length
-from .distillation import DistillationCollator, add_teacher_logits, parse_teachers, teacher_logits_cache
+from .distillation import (DistillationCollator, add_teacher_logits, parse_teachers, task_teacher_annealing,
+                           teacher_logits_cache)
 from .metrics import MultiTaskMetrics, check_metric_for_best_model, tune_model_thresholds
 from .modeling_sentence_multitask import default_encoder, load_tokenizer
 from .trainer import CheckpointCard, HubPush, MultiTaskTrainer
@@ -117,6 +118,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     set_seed(args.seed)
     weights = parse_task_weights(args.task_weights)
     teachers = parse_teachers(args.teachers)
+    task_teacher_annealing(args.teacher_annealing, teachers)
     check_model_sources(model_args)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
