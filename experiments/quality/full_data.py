@@ -8,7 +8,9 @@
 - `run.py --only constant_teacher`: the headline recipe with the teacher weight held constant (CONSTANT_TEACHER_WEIGHTS)
   instead of annealed from 1 to 0, at every seed: the students end below their teachers, and a constant weight keeps
   them learning from them to the end. Then the same with only sentiment's weight constant (SENTIMENT_TEACHER_WEIGHT)
-  and topic's annealed: a constant weight helped sentiment and cost topic.
+  and topic's annealed: a constant weight helped sentiment and cost topic. Then that with the searched static task
+  weights instead of learned ones: with sentiment's teacher term kept, its loss stays small, and uncertainty weighting
+  raised sentiment's learned weight from 1.2 to 1.8.
 
 `FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
 """
@@ -39,7 +41,8 @@ class FullDataStudy:
 
     def constant_teacher(self) -> None:
         """The headline recipe (`seeds`) with `--teacher_annealing constant` at each of CONSTANT_TEACHER_WEIGHTS, then
-        with `--teacher_annealing linear sentiment=constant`, at every seed of SEEDS (the same teachers)."""
+        with `--teacher_annealing linear sentiment=constant`, with learned and with static task weights, at every seed
+        of SEEDS (the same teachers)."""
         self.seeds()
         for weight in CONSTANT_TEACHER_WEIGHTS:
             both = {**self.headline_options(), "teacher_annealing": "constant", "distillation_weight": weight}
@@ -51,3 +54,6 @@ class FullDataStudy:
                 "distillation_weight": SENTIMENT_TEACHER_WEIGHT}
         for seed in SEEDS:
             self.train(f"tuned_multitask_uncertainty_constant_sentiment{seed_suffix(seed)}", {**both, "seed": seed})
+        for seed in SEEDS:
+            self.train(f"tuned_multitask_constant_sentiment{seed_suffix(seed)}",
+                       {**both, "loss_balancing": "static", "seed": seed})

@@ -214,6 +214,10 @@ def write_report(out: Path) -> None:
           if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant")) else []),
         *(["## Constant teacher weight 0.75", "", constant, ""]
           if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_w0.75")) else []),
+        *(["## Teacher weight 0.75 for sentiment only (topic annealed)", "", constant, ""]
+          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_sentiment")) else []),
+        *(["## Teacher weight 0.75 for sentiment only, static task weights", "", constant, ""]
+          if (constant := seeds_table(results, "tuned_multitask_constant_sentiment")) else []),
         "## Per-class F1",
         "",
         per_class_table(results),

@@ -19,7 +19,8 @@
                                                            # task and self-trained runs with the other seeds
     python experiments/quality/run.py --only warm_start    # the multi-task model started from the single-task
                                                            # sentiment model, and that model trained on alone
-    python experiments/quality/run.py --only constant_teacher  # the headline recipe with a constant teacher weight
+    python experiments/quality/run.py --only constant_teacher  # the headline recipe with a constant teacher weight,
+                                                               # for every task or for sentiment only
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
