@@ -398,6 +398,12 @@ def teacher_annealing_modes(items: Sequence[str] | None) -> dict[str | None, str
     return modes
 
 
+def teacher_annealing_of(items: Sequence[str] | None, task: str) -> str:
+    """The --teacher_annealing mode of `task` (`teacher_annealing_modes`)."""
+    modes = teacher_annealing_modes(items)
+    return modes.get(task, modes[None])
+
+
 def _model_type(folder: str | None) -> str | None:
     """The model_type in `folder`/config.json, or None (no such local file, or unreadable: loading says why)."""
     config = os.path.join(folder or "", "config.json")

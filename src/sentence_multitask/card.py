@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .arguments import teacher_annealing_modes
+from .arguments import teacher_annealing_of
 from .card_sentence_multitask import render_model_card
 
 CHECKPOINT_METRICS_NOTE = ("Intermediate checkpoint: the evaluations run so far are in the `log_history` of its "
@@ -65,9 +65,8 @@ def recipe_summary(args) -> dict[str, Any]:
     """The card's lines on distillation, loss balancing and the recipe search, for the runs that used them."""
     lines: dict[str, Any] = {}
     if getattr(args, "teachers", None):
-        modes = teacher_annealing_modes(args.teacher_annealing)
-        constant = f"constant {args.distillation_weight}"
-        per_task = {task: "annealed linearly from 1 to 0" if modes.get(task, modes[None]) == "linear" else constant
+        described = {"linear": "annealed linearly from 1 to 0", "constant": f"constant {args.distillation_weight}"}
+        per_task = {task: described[teacher_annealing_of(args.teacher_annealing, task)]
                     for task in dict.fromkeys(item.partition("=")[0].strip() for item in args.teachers)}
         weight = (next(iter(per_task.values())) if len(set(per_task.values())) == 1
                   else ", ".join(f"{task} {text}" for task, text in per_task.items()))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers.utils.logging import tqdm
 
-from .arguments import TEACHER_ANNEALING_MODES, parse_key_values, teacher_annealing_modes
+from .arguments import TEACHER_ANNEALING_MODES, parse_key_values, teacher_annealing_modes, teacher_annealing_of
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
 from .batching_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches
@@ -215,7 +215,7 @@ def task_teacher_annealing(items: Sequence[str] | None, teachers: Mapping[str, A
     if strays:
         raise ValueError(f"--teacher_annealing names {', '.join(map(repr, strays))}, which --teachers does not "
                          f"distil (it distils {list(teachers)}); name only tasks that have a teacher.")
-    return {task: modes.get(task, modes[None]) for task in teachers}
+    return {task: teacher_annealing_of(items, task) for task in teachers}
 
 
 def distillation_loss(supervised: torch.Tensor, student_logits: torch.Tensor, teacher_logits: torch.Tensor,

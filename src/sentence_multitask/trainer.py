@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
 
-from .arguments import teacher_annealing_modes
+from .arguments import teacher_annealing_of
 from .card import write_checkpoint_card
 from .distillation import distillation_loss, teacher_weight
 from .inference_sentence_multitask import labelled
@@ -111,14 +111,13 @@ class MultiTaskTrainer(Trainer):
         """Each task's supervised loss (the model's), blended with its teacher's (`distillation_loss`), then summed
         or balanced by `UncertaintyWeighting`."""
         args = self.args
-        modes = teacher_annealing_modes(args.teacher_annealing)  # checked against --teachers before training
         losses, present = {}, {}
         for task, task_labels in labels.items():
             loss = model.compute_loss({task: logits[task]}, {task: task_labels},
                                       label_smoothing=args.label_smoothing_factor)
             if task in teachers:
-                weight = teacher_weight(self.state.global_step, self.state.max_steps, modes.get(task, modes[None]),
-                                        args.distillation_weight)
+                weight = teacher_weight(self.state.global_step, self.state.max_steps,
+                                        teacher_annealing_of(args.teacher_annealing, task), args.distillation_weight)
                 loss = distillation_loss(loss, logits[task], teachers[task], weight, args.distillation_temperature,
                                          model.config.task_weight(task))
             losses[task] = loss
