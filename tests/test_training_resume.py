@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ except ImportError:  # tests/ collected as a plain directory
     from training_helpers import bit_identical, joint_options, tiny_args, weights
 from sentence_multitask import training
 from sentence_multitask.arguments import DataArguments, MultiTaskTrainingArguments, parse_args
+from sentence_multitask.checkpoints import last_checkpoint, save_checkpoint_model
 from sentence_multitask.data import MultiTaskCollator, prepare_data
 from sentence_multitask.trainer import MultiTaskTrainer
 
@@ -128,7 +131,7 @@ def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(t
                 training.main(tiny_args(tiny_encoder, only, *options, *extra))
         with pytest.raises(FileNotFoundError, match=r"--resume_from_checkpoint .*missing: no such folder"):
             training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", str(out / "missing")))
-        with pytest.raises(FileNotFoundError, match=r"holds no checkpoint-N folder"):
+        with pytest.raises(FileNotFoundError, match=r"holds no complete checkpoint-N folder"):
             training.main(tiny_args(tiny_encoder, tmp_path / "new", *options, "--resume_from_checkpoint", "TRUE"))
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
 
@@ -141,6 +144,12 @@ def test_an_older_runs_checkpoints_are_refused_before_any_work_unless_resuming(t
     with pytest.raises(ValueError, match=r"checkpoint-2 already trained 2 steps, --max_steps is 2: nothing is left"):
         training.main(tiny_args(tiny_encoder, out, *options, "--resume_from_checkpoint", "yes"))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    training.main(tiny_args(tiny_encoder, out, *options[:-6], "--max_steps", "3", *options[-4:],
+                            "--resume_from_checkpoint", "yes"))
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+    # A checkpoint that a killed run left part-written (no trainer_state.json, written last) is passed over.
+    (out / "checkpoint-3" / "trainer_state.json").unlink()
     training.main(tiny_args(tiny_encoder, out, *options[:-6], "--max_steps", "3", *options[-4:],
                             "--resume_from_checkpoint", "yes"))
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
@@ -276,3 +285,32 @@ def test_sequential_training_resumes_phase_one_from_its_checkpoint(tmp_path, dat
         assert json.loads((out / "phase2" / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     with pytest.raises(FileNotFoundError, match="neither .*phase1 nor .*phase2 holds a checkpoint-N folder"):
         training.main(tiny_args(tiny_encoder, tmp_path / "d", *options, "--resume_from_checkpoint", "true"))
+
+
+def test_a_checkpoints_model_appears_complete_or_not_at_all(tmp_path):
+    folder = tmp_path / "checkpoint-4"
+
+    def save(path, files=("modeling.py", "model.safetensors", "config.json")):
+        os.makedirs(path)
+        for name in files:
+            (Path(path) / name).write_text(name)
+
+    def killed(path):
+        save(path, files=("modeling.py",))
+        raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint_model(killed, str(folder))
+    assert not folder.exists() and last_checkpoint(str(tmp_path)) is None
+    save_checkpoint_model(save, str(folder))  # the next save replaces the part-written staging folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "modeling.py"]
+    other = tmp_path / "checkpoint-6"  # another process wrote its RNG state into the folder first
+    other.mkdir()
+    (other / "rng_state_1.pth").write_text("rng")
+    save_checkpoint_model(save, str(other))
+    assert sorted(p.name for p in other.iterdir()) == ["config.json", "model.safetensors", "modeling.py",
+                                                       "rng_state_1.pth"]
+    assert last_checkpoint(str(tmp_path)) is None  # no trainer_state.json yet
+    (folder / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(str(tmp_path)) == str(folder)

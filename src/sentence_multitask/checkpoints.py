@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .inference_sentence_multitask import files_a_save_would_replace
 
+TRAINER_STATE_NAME = "trainer_state.json"  # what the Trainer writes last into a checkpoint
 PHASE_FOLDERS = ("phase1", "phase2")  # where the two phases of sequential training keep their checkpoints
 
 
@@ -60,6 +62,15 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     return found
 
 
+def last_checkpoint(folder: str) -> str | None:
+    """The highest checkpoint-N in `folder` that the Trainer finished writing: it writes trainer_state.json after the
+    model, optimizer, scheduler and RNG state, so a checkpoint that a stopped run left part-written is passed over."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    steps = [int(name.rpartition("-")[2]) for name in names if re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", name)
+             and os.path.isfile(os.path.join(folder, name, TRAINER_STATE_NAME))]
+    return os.path.join(folder, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+
+
 def resume_plan(args) -> list[str | None]:
     """The checkpoint each training phase resumes from (one phase, or two in sequential mode); checked before any work
     so that a wrong --resume_from_checkpoint fails at once, not after the data and the model are loaded."""
@@ -73,16 +84,19 @@ def resume_plan(args) -> list[str | None]:
             "True to resume from the last checkpoint in --output_dir."
         )
     if not sequential:
-        if resume == "True" and not (os.path.isdir(args.output_dir) and get_last_checkpoint(args.output_dir)):
+        if resume != "True":
+            return [resume]
+        last = last_checkpoint(args.output_dir)
+        if not last:
             raise FileNotFoundError(
-                f"--resume_from_checkpoint True: {args.output_dir} holds no checkpoint-N folder to resume from. "
-                "Start again without --resume_from_checkpoint, or give the checkpoint folder."
+                f"--resume_from_checkpoint True: {args.output_dir} holds no complete checkpoint-N folder to resume "
+                "from. Start again without --resume_from_checkpoint, or give the checkpoint folder."
             )
-        return [resume]
+        return [last]
     # Sequential: each phase has its own folder and optimiser (phase 2 trains the other heads only), so a checkpoint
     # resumes the phase that wrote it; a phase with a checkpoint in its folder continues from its last one.
     phase_dirs = [os.path.join(args.output_dir, folder) for folder in PHASE_FOLDERS]
-    last = [get_last_checkpoint(d) if os.path.isdir(d) else None for d in phase_dirs]
+    last = [last_checkpoint(d) for d in phase_dirs]
     if resume == "True":
         if last == [None, None]:
             raise FileNotFoundError(
@@ -103,9 +117,9 @@ def check_steps_left(resume: str | None, args) -> None:
     it (and save it as checkpoint-N+1), so say so instead."""
     if not resume or args.max_steps <= 0:
         return
-    folder = get_last_checkpoint(args.output_dir) if resume == "True" else resume
+    folder = resume
     try:
-        with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as handle:
             done = int(json.load(handle)["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # the Trainer reports a broken checkpoint in its own words
@@ -126,10 +140,31 @@ def save_model_atomically(model, output_dir: str) -> None:
         old_config = os.path.join(output_dir, "config.json")
         if os.path.exists(old_config):
             os.remove(old_config)
-        for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
-            destination = os.path.join(output_dir, name)
-            if os.path.isdir(destination):
-                shutil.rmtree(destination)
-            os.replace(os.path.join(staging, name), destination)
+        move_files(staging, output_dir)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_files(staging: str, output_dir: str) -> None:
+    """Move what `staging` holds into `output_dir`, config.json last (the file that makes a folder load)."""
+    for name in sorted(os.listdir(staging), key=lambda name: name == "config.json"):
+        destination = os.path.join(output_dir, name)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staging, name), destination)
+
+
+def save_checkpoint_model(save, folder: str) -> None:
+    """`save(path)` writes a checkpoint's model; it goes to a staging folder that one rename makes checkpoint-N, so
+    that a run stopped while saving never leaves a checkpoint-N whose model does not load. (Where the folder exists
+    already, e.g. another process wrote its RNG state into it first, the files move in one by one, config last.)"""
+    staging = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving this step
+    save(staging)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if not os.path.isdir(folder):
+            raise
+        move_files(staging, folder)
         shutil.rmtree(staging, ignore_errors=True)

@@ -14,10 +14,11 @@ import torch
 from huggingface_hub import HfApi
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
 from .arguments import teacher_annealing_of
 from .card import write_checkpoint_card
+from .checkpoints import last_checkpoint, save_checkpoint_model
 from .distillation import distillation_loss, teacher_weight
 from .inference_sentence_multitask import labelled
 from .sampling import MultiTaskSampler
@@ -71,11 +72,21 @@ class MultiTaskTrainer(Trainer):
         (restored from the checkpoint when resuming). It is made in `create_optimizer`, after a search trial has set
         the options, so that --hp_search can choose the balancing."""
         self.loss_balancer = None
-        folder = resume_from_checkpoint
-        if folder is True:
-            folder = get_last_checkpoint(self.args.output_dir)
-        self.resume_folder = folder or None
+        if resume_from_checkpoint is True:  # the last complete one, not a part-written one (as the Trainer would)
+            resume_from_checkpoint = last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint-N folder in {self.args.output_dir} to resume from.")
+        self.resume_folder = resume_from_checkpoint or None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; a checkpoint's model is saved through `save_checkpoint_model` (a checkpoint-N folder
+        appears with a complete model, or not at all)."""
+        folder = output_dir or self.args.output_dir
+        if _internal_call and self.args.should_save and os.path.basename(folder).startswith(PREFIX_CHECKPOINT_DIR):
+            save_checkpoint_model(lambda path: super(MultiTaskTrainer, self).save_model(path, _internal_call), folder)
+        else:
+            super().save_model(output_dir, _internal_call)
 
     def make_loss_balancer(self) -> None:
         if getattr(self.args, "loss_balancing", "static") != "uncertainty" or self.loss_balancer is not None:

@@ -207,7 +207,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
             callbacks=callbacks,
         )
         check_steps_left(resume, phase_args)
-        result = trainer.train(resume_from_checkpoint=True if resume == "True" else resume)
+        result = trainer.train(resume_from_checkpoint=resume)
         epochs.append(trainer.state.epoch or 0.0)
         if trainer.loss_balancer is not None:
             logger.info("Learned task weights (exp(-s)): %s", trainer.loss_balancer.task_weights())
