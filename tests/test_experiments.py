@@ -107,4 +107,5 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     assert sentiment_only["distillation_weight"] == 0.75 and sentiment_only["teachers"] == tuned["teachers"]
     assert "## Teacher weight 0.75 for sentiment only (topic annealed)" in report
     static = json.loads((tmp_path / "runs" / "tuned_multitask_constant_sentiment_seed13" / "options.json").read_text())
-    assert static == {**sentiment_only, "loss_balancing": "static", "seed": 13}
+    assert static == {**sentiment_only, "loss_balancing": "static", "seed": 13,
+                      "output_dir": "runs/tuned_multitask_constant_sentiment_seed13/model"}
