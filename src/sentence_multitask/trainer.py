@@ -80,13 +80,20 @@ class MultiTaskTrainer(Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`; a checkpoint's model is saved through `save_checkpoint_model` (a checkpoint-N folder
-        appears with a complete model, or not at all)."""
+        """`Trainer.save_model`; a checkpoint's model, with the learned loss weights (`loss_balancing.pt`), is saved
+        through `save_checkpoint_model`: a checkpoint-N folder appears with both complete, or not at all, and before
+        the Trainer writes the rest of the checkpoint (trainer_state.json last)."""
         folder = output_dir or self.args.output_dir
-        if _internal_call and self.args.should_save and os.path.basename(folder).startswith(PREFIX_CHECKPOINT_DIR):
-            save_checkpoint_model(lambda path: super(MultiTaskTrainer, self).save_model(path, _internal_call), folder)
-        else:
-            super().save_model(output_dir, _internal_call)
+        checkpoint = os.path.basename(folder).startswith(PREFIX_CHECKPOINT_DIR)
+        if not (_internal_call and self.args.should_save and checkpoint):
+            return super().save_model(output_dir, _internal_call)
+
+        def save(path: str) -> None:
+            super(MultiTaskTrainer, self).save_model(path, _internal_call)
+            if self.loss_balancer is not None:
+                torch.save(self.loss_balancer.state_dict(), os.path.join(path, LOSS_BALANCING_FILE))
+
+        save_checkpoint_model(save, folder)
 
     def make_loss_balancer(self) -> None:
         if getattr(self.args, "loss_balancing", "static") != "uncertainty" or self.loss_balancer is not None:
@@ -204,8 +211,8 @@ def checkpoint_folder(args, state) -> str:
 class LossBalancingState(TrainerCallback):
     """The learned loss weights' share of the Trainer's work on the model's parameters, which the Trainer does not
     see: their gradients averaged over processes (as DDP averages the model's) before each optimizer step and zeroed
-    after it; and written into each checkpoint (`loss_balancing.pt`), which `MultiTaskTrainer.train` reads back on
-    --resume_from_checkpoint, so that a resumed run continues with the weights it had."""
+    after it. (`MultiTaskTrainer.save_model` writes them into each checkpoint, `loss_balancing.pt`, which
+    `make_loss_balancer` reads back on --resume_from_checkpoint: a resumed run continues with the weights it had.)"""
 
     def __init__(self, trainer: MultiTaskTrainer):
         self.trainer = trainer
@@ -222,12 +229,6 @@ class LossBalancingState(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.trainer.loss_balancer is not None:
             self.trainer.loss_balancer.zero_grad(set_to_none=True)
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = checkpoint_folder(args, state)
-        balancer = self.trainer.loss_balancer
-        if args.should_save and balancer is not None and os.path.isdir(folder):
-            torch.save(balancer.state_dict(), os.path.join(folder, LOSS_BALANCING_FILE))
 
 
 class CheckpointCard(TrainerCallback):
