@@ -109,3 +109,6 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     static = json.loads((tmp_path / "runs" / "tuned_multitask_constant_sentiment_seed13" / "options.json").read_text())
     assert static == {**sentiment_only, "loss_balancing": "static", "seed": 13,
                       "output_dir": "runs/tuned_multitask_constant_sentiment_seed13/model"}
+    control = json.loads((tmp_path / "runs" / "tuned_multitask_seed7" / "options.json").read_text())
+    assert control["loss_balancing"] == "static" and "teacher_annealing" not in control and control["seed"] == 7
+    assert "## The searched recipe with static task weights, both teachers annealed" in report
