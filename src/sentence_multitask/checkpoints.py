@@ -8,11 +8,11 @@ import os
 import re
 import shutil
 
+from transformers.trainer import TRAINER_STATE_NAME  # written last into a checkpoint
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .inference_sentence_multitask import files_a_save_would_replace
 
-TRAINER_STATE_NAME = "trainer_state.json"  # what the Trainer writes last into a checkpoint
 PHASE_FOLDERS = ("phase1", "phase2")  # where the two phases of sequential training keep their checkpoints
 
 
@@ -117,14 +117,13 @@ def check_steps_left(resume: str | None, args) -> None:
     it (and save it as checkpoint-N+1), so say so instead."""
     if not resume or args.max_steps <= 0:
         return
-    folder = resume
     try:
-        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+        with open(os.path.join(resume, TRAINER_STATE_NAME), encoding="utf-8") as handle:
             done = int(json.load(handle)["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # the Trainer reports a broken checkpoint in its own words
     if done >= args.max_steps:
-        raise ValueError(f"--resume_from_checkpoint {folder} already trained {done} steps, --max_steps is "
+        raise ValueError(f"--resume_from_checkpoint {resume} already trained {done} steps, --max_steps is "
                          f"{args.max_steps}: nothing is left to train. Raise --max_steps to train further (its model "
                          "is in the checkpoint folder).")
 
