@@ -112,3 +112,17 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
     control = json.loads((tmp_path / "runs" / "tuned_multitask_seed7" / "options.json").read_text())
     assert control["loss_balancing"] == "static" and "teacher_annealing" not in control and control["seed"] == 7
     assert "## The searched recipe with static task weights, both teachers annealed" in report
+    prior = tmp_path / "runs" / "tuned_multitask_uncertainty_constant_sentiment_prior_seed13" / "options.json"
+    prior = json.loads(prior.read_text())
+    weights = dict(item.split("=") for item in prior.pop("task_weights"))
+    searched = dict(item.split("=") for item in sentiment_only.get("task_weights", []))
+    assert float(weights["sentiment"]) < float(searched.get("sentiment", 1.0))
+    assert weights.get("topic") == searched.get("topic")
+    assert prior == {**{key: value for key, value in sentiment_only.items() if key != "task_weights"}, "seed": 13,
+                     "output_dir": "runs/tuned_multitask_uncertainty_constant_sentiment_prior_seed13/model"}
+    assert "## Teacher weight 0.75 for sentiment only, its learned-weight prior scaled down" in report
+    assert {"single_topic_seed2", "single_sentiment_seed2", "tuned_multitask_uncertainty_seed2"} <= set(results["runs"])
+    extra = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_constant_sentiment_prior_seed2" /
+                        "options.json").read_text())
+    assert extra == {**prior, "task_weights": [f"{task}={weight}" for task, weight in weights.items()], "seed": 2,
+                     "output_dir": "runs/tuned_multitask_uncertainty_constant_sentiment_prior_seed2/model"}

@@ -1,4 +1,4 @@
-"""Two more full-data levers of the quality experiment, each beside the headline multi-task recipe:
+"""More full-data levers of the quality experiment, each beside the headline multi-task recipe:
 
 - `run.py --only warm_start`: the headline recipe started from the single-task sentiment model (its encoder and
   sentiment head; a new topic head) instead of from all-MiniLM-L6-v2, distilled from that model and the single-task
@@ -10,18 +10,24 @@
   them learning from them to the end. Then the same with only sentiment's weight constant (SENTIMENT_TEACHER_WEIGHT)
   and topic's annealed: a constant weight helped sentiment and cost topic. Then that with the searched static task
   weights instead of learned ones: with sentiment's teacher term kept, its loss stays small, and uncertainty weighting
-  raised sentiment's learned weight from 1.2 to 1.8; beside it, its control with both teachers annealed.
+  raised sentiment's learned weight from 1.2 to 1.8; beside it, its control with both teachers annealed. Last, learned
+  weights again with sentiment's prior scaled down by SENTIMENT_PRIOR_SCALE, which undoes that rise: at the optimum a
+  learned weight is `0.5 / loss`, so the prior is what sets each task's share.
+- `run.py --only more_seeds`: the single-task models, the headline model and that last run at two seeds more.
 
 `FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
 """
 
 from __future__ import annotations
 
-from common import SEEDS, seed_suffix
+from common import SEEDS, TASKS, seed_suffix, single_run
 
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
 CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
 SENTIMENT_TEACHER_WEIGHT = 0.75  # constant for sentiment only (topic annealed), the better sentiment weight above
+SENTIMENT_PRIOR_SCALE = 1.21 / 1.85  # sentiment's learned weight annealed / constant, seeds 42, 7, 13 (report.md)
+PRIOR_RUN = "tuned_multitask_uncertainty_constant_sentiment_prior"
+EXTRA_SEEDS = (1, 2)  # `more_seeds`: two seeds more for the headline comparison and PRIOR_RUN
 
 
 class FullDataStudy:
@@ -41,8 +47,8 @@ class FullDataStudy:
 
     def constant_teacher(self) -> None:
         """The headline recipe (`seeds`) with `--teacher_annealing constant` at each of CONSTANT_TEACHER_WEIGHTS, then
-        with `--teacher_annealing linear sentiment=constant`, with learned and with static task weights, at every seed
-        of SEEDS (the same teachers)."""
+        with `--teacher_annealing linear sentiment=constant`, with learned and with static task weights, then with
+        learned weights and sentiment's prior scaled down (PRIOR_RUN), at every seed of SEEDS (the same teachers)."""
         self.seeds()
         for weight in CONSTANT_TEACHER_WEIGHTS:
             both = {**self.headline_options(), "teacher_annealing": "constant", "distillation_weight": weight}
@@ -50,8 +56,7 @@ class FullDataStudy:
                                                              f"_w{weight}")
             for seed in SEEDS:
                 self.train(f"{name}{seed_suffix(seed)}", {**both, "seed": seed})
-        both = {**self.headline_options(), "teacher_annealing": ["linear", "sentiment=constant"],
-                "distillation_weight": SENTIMENT_TEACHER_WEIGHT}
+        both = self.sentiment_constant_options()
         for seed in SEEDS:
             self.train(f"tuned_multitask_uncertainty_constant_sentiment{seed_suffix(seed)}", {**both, "seed": seed})
         for seed in SEEDS:
@@ -60,3 +65,27 @@ class FullDataStudy:
             # its control: the searched recipe with static weights and both teachers annealed (seed 42: `tuned`)
             self.train(f"tuned_multitask{seed_suffix(seed)}",
                        {**self.headline_options(), "loss_balancing": "static", "seed": seed})
+        for seed in SEEDS:
+            self.train(f"{PRIOR_RUN}{seed_suffix(seed)}", {**self.prior_options(), "seed": seed})
+
+    def sentiment_constant_options(self) -> dict:
+        """The headline recipe with sentiment's teacher weight constant (SENTIMENT_TEACHER_WEIGHT), topic's annealed."""
+        return {**self.headline_options(), "teacher_annealing": ["linear", "sentiment=constant"],
+                "distillation_weight": SENTIMENT_TEACHER_WEIGHT}
+
+    def prior_options(self) -> dict:
+        """The headline recipe with sentiment's teacher weight constant and its learned-weight prior scaled down."""
+        both = self.sentiment_constant_options()
+        weights = dict(item.split("=") for item in both.get("task_weights", []))
+        weights["sentiment"] = f"{float(weights.get('sentiment', 1.0)) * SENTIMENT_PRIOR_SCALE:.3f}"
+        return {**both, "task_weights": [f"{task}={weight}" for task, weight in weights.items()]}
+
+    def more_seeds(self) -> None:
+        """The headline comparison (`seeds`) and PRIOR_RUN at EXTRA_SEEDS too, one seed after the other."""
+        self.constant_teacher()
+        single = {task: self.single_options(task) for task in TASKS}
+        for seed in EXTRA_SEEDS:
+            for task in TASKS:
+                self.train(single_run(task, seed), {**single[task], "seed": seed})
+            self.train(f"tuned_multitask_uncertainty_seed{seed}", {**self.headline_options(), "seed": seed})
+            self.train(f"{PRIOR_RUN}_seed{seed}", {**self.prior_options(), "seed": seed})

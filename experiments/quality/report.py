@@ -218,6 +218,8 @@ def write_report(out: Path) -> None:
           if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_sentiment")) else []),
         *(["## Teacher weight 0.75 for sentiment only, static task weights", "", constant, ""]
           if (constant := seeds_table(results, "tuned_multitask_constant_sentiment")) else []),
+        *(["## Teacher weight 0.75 for sentiment only, its learned-weight prior scaled down", "", constant, ""]
+          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_sentiment_prior")) else []),
         *(["## The searched recipe with static task weights, both teachers annealed", "", control, ""]
           if (control := seeds_table(results, "tuned_multitask")) else []),
         "## Per-class F1",

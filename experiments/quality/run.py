@@ -21,6 +21,7 @@
                                                            # sentiment model, and that model trained on alone
     python experiments/quality/run.py --only constant_teacher  # the headline recipe with a constant teacher weight,
                                                                # for every task or for sentiment only
+    python experiments/quality/run.py --only more_seeds    # the headline comparison at two seeds more
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -446,8 +447,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                           "ensemble_teachers", "related", "warm_start", "constant_teacher", "limited",
-                                           "all"),
+                                           "ensemble_teachers", "related", "warm_start", "constant_teacher", "more_seeds",
+                                           "limited", "all"),
                         default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
@@ -484,6 +485,8 @@ def main(argv=None) -> None:
         experiment.warm_started()
     if args.only in ("constant_teacher", "all"):
         experiment.constant_teacher()
+    if args.only in ("more_seeds", "all"):
+        experiment.more_seeds()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
     from report import write_report
