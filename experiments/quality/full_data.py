@@ -25,7 +25,7 @@ from common import SEEDS, TASKS, seed_suffix, single_run
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
 CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
 SENTIMENT_TEACHER_WEIGHT = 0.75  # constant for sentiment only (topic annealed), the better sentiment weight above
-SENTIMENT_PRIOR_SCALE = 1.21 / 1.85  # sentiment's learned weight annealed / constant, seeds 42, 7, 13 (report.md)
+SENTIMENT_PRIOR_SCALE = 1.21 / 1.85  # sentiment's final learned weight, annealed / constant (train.log)
 PRIOR_RUN = "tuned_multitask_uncertainty_constant_sentiment_prior"
 EXTRA_SEEDS = (1, 2)  # `more_seeds`: two seeds more for the headline comparison and PRIOR_RUN
 
