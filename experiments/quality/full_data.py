@@ -20,7 +20,7 @@
 
 from __future__ import annotations
 
-from common import SEEDS, TASKS, seed_suffix, single_run
+from common import SEEDS, seed_suffix
 
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
 CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
@@ -83,9 +83,6 @@ class FullDataStudy:
     def more_seeds(self) -> None:
         """The headline comparison (`seeds`) and PRIOR_RUN at EXTRA_SEEDS too, one seed after the other."""
         self.constant_teacher()
-        single = {task: self.single_options(task) for task in TASKS}
         for seed in EXTRA_SEEDS:
-            for task in TASKS:
-                self.train(single_run(task, seed), {**single[task], "seed": seed})
-            self.train(f"tuned_multitask_uncertainty_seed{seed}", {**self.headline_options(), "seed": seed})
+            self.seeds((seed,))
             self.train(f"{PRIOR_RUN}_seed{seed}", {**self.prior_options(), "seed": seed})

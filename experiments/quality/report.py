@@ -35,6 +35,18 @@ MAIN_ROWS = [
     ("ensemble_sentiment", "mean probabilities of three single-task sentiment models (seeds 42, 7, 13; three "
                            "encoders)"),
 ]
+SEED_SECTIONS = [  # (title, multi-task run): a report section per seeds_table beside the single-task models
+    ("Seeds", "tuned_multitask_uncertainty"),
+    ("Distilled from three-model ensembles", "tuned_multitask_uncertainty_ensemble"),
+    ("GoEmotions as a third task", "tuned_multitask_uncertainty_emotions"),
+    ("Constant teacher weight 0.5", "tuned_multitask_uncertainty_constant"),
+    ("Constant teacher weight 0.75", "tuned_multitask_uncertainty_constant_w0.75"),
+    ("Teacher weight 0.75 for sentiment only (topic annealed)", "tuned_multitask_uncertainty_constant_sentiment"),
+    ("Teacher weight 0.75 for sentiment only, static task weights", "tuned_multitask_constant_sentiment"),
+    ("Teacher weight 0.75 for sentiment only, its learned-weight prior scaled down",
+     "tuned_multitask_uncertainty_constant_sentiment_prior"),
+    ("The searched recipe with static task weights, both teachers annealed", "tuned_multitask"),
+]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),
            ("sequential", "sequential (topic, then frozen encoder)"),
@@ -205,23 +217,8 @@ def write_report(out: Path) -> None:
         "",
         main_table(results),
         "",
-        *(["## Seeds", "", seeds_table(results), ""] if seeds_table(results) else []),
-        *(["## Distilled from three-model ensembles", "", ensembles, ""]
-          if (ensembles := seeds_table(results, "tuned_multitask_uncertainty_ensemble")) else []),
-        *(["## GoEmotions as a third task", "", related, ""]
-          if (related := seeds_table(results, "tuned_multitask_uncertainty_emotions")) else []),
-        *(["## Constant teacher weight 0.5", "", constant, ""]
-          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant")) else []),
-        *(["## Constant teacher weight 0.75", "", constant, ""]
-          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_w0.75")) else []),
-        *(["## Teacher weight 0.75 for sentiment only (topic annealed)", "", constant, ""]
-          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_sentiment")) else []),
-        *(["## Teacher weight 0.75 for sentiment only, static task weights", "", constant, ""]
-          if (constant := seeds_table(results, "tuned_multitask_constant_sentiment")) else []),
-        *(["## Teacher weight 0.75 for sentiment only, its learned-weight prior scaled down", "", constant, ""]
-          if (constant := seeds_table(results, "tuned_multitask_uncertainty_constant_sentiment_prior")) else []),
-        *(["## The searched recipe with static task weights, both teachers annealed", "", control, ""]
-          if (control := seeds_table(results, "tuned_multitask")) else []),
+        *(line for title, run in SEED_SECTIONS if (table := seeds_table(results, run))
+          for line in (f"## {title}", "", table, "")),
         "## Per-class F1",
         "",
         per_class_table(results),

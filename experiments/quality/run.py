@@ -337,14 +337,14 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
         self.train("tuned_multitask_uncertainty", {**both, **best, "loss_balancing": "uncertainty"})
         self.train("tuned_multitask_annealed", {**both, **best, "task_sampling": "annealed"})
 
-    def seeds(self) -> None:
-        """The headline comparison again with each other seed of SEEDS: the two single-task models and the multi-task
-        model with learned weights (the same recipe and teachers), so the gap between them can be told from the
-        variation between seeds."""
+    def seeds(self, seeds: tuple = SEEDS[1:]) -> None:
+        """The headline comparison again with each of `seeds` (by default the other seeds of SEEDS): the two
+        single-task models and the multi-task model with learned weights (the same recipe and teachers), so the gap
+        between them can be told from the variation between seeds."""
         self.balancing()
         both = self.headline_options()
         single = {task: self.single_options(task) for task in TASKS}
-        for seed in SEEDS[1:]:
+        for seed in seeds:
             for task in TASKS:
                 self.train(single_run(task, seed), {**single[task], "seed": seed})
             self.train(f"tuned_multitask_uncertainty_seed{seed}", {**both, "seed": seed})
