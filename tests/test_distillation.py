@@ -184,6 +184,37 @@ def test_teacher_logits_are_cached_and_read_back_until_the_teacher_or_the_data_c
             add_teacher_logits(data, {"topic": teachers["topic"]}, student, tokenizer)
 
 
+def test_teachers_on_every_row_also_train_each_head_on_the_other_tasks_texts(tmp_path, tiny_encoder, teachers,
+                                                                            monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS)
+    texts = ["the team won", "what a joy it was", "the app crashes"]
+    data = datasets.Dataset.from_dict({**tokenizer(texts), LABEL_PREFIX + "topic": [0, IGNORE, 2],
+                                       LABEL_PREFIX + "sentiment": [IGNORE, 1, IGNORE]})
+    column = TEACHER_PREFIX + "topic"
+    labelled_only = add_teacher_logits(data, {"topic": teachers["topic"]}, student.config, tokenizer)
+    labelled_only = np.asarray(labelled_only[column])
+    everywhere = add_teacher_logits(data, {"topic": teachers["topic"]}, student.config, tokenizer, rows="all")
+    every_row = np.asarray(everywhere[column])
+    assert np.isnan(labelled_only[1]).all() and np.isfinite(every_row).all()
+    np.testing.assert_allclose(every_row[[0, 2]], labelled_only[[0, 2]], atol=1e-5)
+    # Each row set is cached apart: the labelled rows' file is not read back as every row's.
+    assert len(list((tmp_path / "cache" / "sentence_multitask_teacher_logits").glob("*.npy"))) == 2
+    with pytest.raises(ValueError, match="--teacher_rows must be one of labelled, all, got 'some'"):
+        add_teacher_logits(data, {"topic": teachers["topic"]}, student.config, tokenizer, rows="some")
+    # The sentiment row, which has no topic label, now trains the topic head through the teacher term.
+    batch = DistillationCollator(tokenizer, ["topic", "sentiment"])([everywhere[1]])
+    args = parse_args(["--output_dir", str(tmp_path / "out"), "--eval_strategy", "no"])[2]
+    trainer = MultiTaskTrainer(model=student, args=args)
+    trainer.state.max_steps = 10
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    trainer.training_loss(student, logits, batch["labels"], batch["teacher_logits"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.heads["topic"].parameters())
+
+
 def test_a_task_with_several_teachers_distils_from_their_mean_probabilities(tmp_path, tiny_encoder, teachers):
     from transformers import AutoTokenizer
 
@@ -259,10 +290,11 @@ def test_training_with_teachers_and_gradient_accumulation(tmp_path, tiny_encoder
     training.main(run_args(tiny_encoder, tmp_path, files, "--teachers", f"topic={teachers['topic']}",
                            f"sentiment={teachers['sentiment']}", "--distillation_temperature", "2", "--max_steps", "2",
                            "--gradient_accumulation_steps", "2", "--teacher_annealing", "constant", "topic=linear",
-                           "--distillation_weight", "0.7", "--task_sampling", "annealed"))
+                           "--distillation_weight", "0.7", "--task_sampling", "annealed", "--teacher_rows", "all"))
     assert list(SentenceMultiTaskModel.from_pretrained(tmp_path).config.tasks) == ["topic", "sentiment"]
     card = (tmp_path / "README.md").read_text()
-    assert ("temperature 2.0, teacher weight topic annealed linearly from 1 to 0, sentiment constant 0.7" in card)
+    assert ("temperature 2.0, teacher weight topic annealed linearly from 1 to 0, sentiment constant 0.7, on every "
+            "training row" in card)
     assert set(weights[len(TASKS["sentiment"])]) == {0.7}
     assert sorted(set(weights[len(TASKS["topic"])]), reverse=True) == [1.0, 0.5]  # steps 0 and 1 of 2
 
@@ -345,6 +377,7 @@ def test_teacher_annealing_per_task():
 @pytest.mark.parametrize("option, value, choices", [
     ("--loss_balancing", "gradnorm", "static, uncertainty"),
     ("--task_sampling", "annealing", "proportional, temperature, round_robin, annealed"),
+    ("--teacher_rows", "every", "labelled, all"),
 ])
 def test_a_value_outside_the_choices_is_refused_by_name(option, value, choices, tmp_path, capsys):
     with pytest.raises(SystemExit):  # on the command line: argparse, with the choices

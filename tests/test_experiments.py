@@ -39,7 +39,8 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                  "warm_started", "single_sentiment_continued",
                  "limited_self_trained_emotions_0.01", "limited_single_matched_0.01",
                  "limited_single_matched_0.01_seed7", "tuned_multitask_uncertainty_constant",
-                 "tuned_multitask_uncertainty_constant_seed13", "tuned_multitask_uncertainty_constant_w0.75_seed7"}
+                 "tuned_multitask_uncertainty_constant_seed13", "tuned_multitask_uncertainty_constant_w0.75_seed7",
+                 "tuned_multitask_uncertainty_all_rows", "tuned_multitask_uncertainty_all_rows_seed2"}
     assert expected <= set(results["runs"])
     for name in ("multitask", "limited_joint_0.01"):
         for task in ("topic", "sentiment"):
@@ -126,3 +127,9 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                         "options.json").read_text())
     assert extra == {**prior, "task_weights": [f"{task}={weight}" for task, weight in weights.items()], "seed": 2,
                      "output_dir": "runs/tuned_multitask_uncertainty_constant_sentiment_prior_seed2/model"}
+    # Teachers on every row: the headline run's options (seed 1 here) with `teacher_rows` only added.
+    headline, all_rows = (json.loads((tmp_path / "runs" / name / "options.json").read_text())
+                          for name in ("tuned_multitask_uncertainty_seed1", "tuned_multitask_uncertainty_all_rows_seed1"))
+    assert all_rows == {**headline, "teacher_rows": "all",
+                        "output_dir": "runs/tuned_multitask_uncertainty_all_rows_seed1/model"}
+    assert "## Teachers on every training row" in report

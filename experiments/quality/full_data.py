@@ -14,6 +14,10 @@
   weights again with sentiment's prior scaled down by SENTIMENT_PRIOR_SCALE, which undoes that rise: at the optimum a
   learned weight is `0.5 / loss`, so the prior is what sets each task's share.
 - `run.py --only more_seeds`: the single-task models, the headline model and that last run at two seeds more.
+- `run.py --only all_rows`: the headline recipe with each teacher labelling every training row (`--teacher_rows
+  all`), at all five seeds: each headline also trains the sentiment head on its teacher's soft labels, and each tweet
+  the topic head, as multi-task self-training does (Ghiasi et al. 2021), so that learning one task on the shared
+  encoder does not undo the other.
 
 `FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
 """
@@ -28,6 +32,7 @@ SENTIMENT_TEACHER_WEIGHT = 0.75  # constant for sentiment only (topic annealed),
 SENTIMENT_PRIOR_SCALE = 1.21 / 1.85  # sentiment's final learned weight, annealed / constant (train.log)
 PRIOR_RUN = "tuned_multitask_uncertainty_constant_sentiment_prior"
 EXTRA_SEEDS = (1, 2)  # `more_seeds`: two seeds more for the headline comparison and PRIOR_RUN
+ALL_ROWS_RUN = "tuned_multitask_uncertainty_all_rows"
 
 
 class FullDataStudy:
@@ -86,3 +91,11 @@ class FullDataStudy:
         for seed in EXTRA_SEEDS:
             self.seeds((seed,))
             self.train(f"{PRIOR_RUN}_seed{seed}", {**self.prior_options(), "seed": seed})
+
+    def all_rows(self) -> None:
+        """The headline recipe with `--teacher_rows all` (ALL_ROWS_RUN) at every seed of SEEDS and EXTRA_SEEDS, beside
+        the headline comparison at those seeds (`more_seeds`)."""
+        self.more_seeds()
+        for seed in (*SEEDS, *EXTRA_SEEDS):
+            self.train(f"{ALL_ROWS_RUN}{seed_suffix(seed)}", {**self.headline_options(), "teacher_rows": "all",
+                                                               "seed": seed})

@@ -22,6 +22,7 @@
     python experiments/quality/run.py --only constant_teacher  # the headline recipe with a constant teacher weight,
                                                                # for every task or for sentiment only
     python experiments/quality/run.py --only more_seeds    # the headline comparison at two seeds more
+    python experiments/quality/run.py --only all_rows      # the headline recipe with teachers on every row, 5 seeds
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -57,6 +58,11 @@ from related import RelatedTaskStudy  # noqa: E402
 
 DATA = Path(os.environ.get("SHARED_DATA", HERE.parents[1].parent / "shared" / "data"))
 SUBSAMPLE_SEED = 20240611
+STEPS = {"main": ("main_table", "reproduce"), "distilled": ("distilled",), "search": ("tuned",),  # in this order
+         "balancing": ("balancing",), "seeds": ("seeds",), "weighted": ("class_weighted",), "ceiling": ("ceiling",),
+         "ensemble_teachers": ("ensemble_teachers",), "limited": ("limited_data",), "related": ("related",),
+         "warm_start": ("warm_started",), "constant_teacher": ("constant_teacher",), "more_seeds": ("more_seeds",),
+         "all_rows": ("all_rows",)}
 MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer steps
 SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
 SEARCH_ROWS = 2500
@@ -446,10 +452,7 @@ class Experiment(LimitedDataStudy, RelatedTaskStudy, FullDataStudy):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--only", choices=("main", "distilled", "search", "balancing", "seeds", "weighted", "ceiling",
-                                           "ensemble_teachers", "related", "warm_start", "constant_teacher", "more_seeds",
-                                           "limited", "all"),
-                        default="all")
+    parser.add_argument("--only", choices=(*STEPS, "all"), default="all")
     parser.add_argument("--smoke", action="store_true", help="Tiny slice of the data, 2 steps per run.")
     parser.add_argument("--encoder", help="Encoder for every run and the frozen baseline (default: the package's, "
                                           "all-MiniLM-L6-v2).")
@@ -460,33 +463,10 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     experiment = Experiment(args.out, args.smoke, args.encoder, args.in_process)
     started = time.time()
-    if args.only in ("main", "all"):
-        experiment.main_table()
-        experiment.reproduce()
-    if args.only in ("distilled", "all"):
-        experiment.distilled()
-    if args.only in ("search", "all"):
-        experiment.tuned()
-    if args.only in ("balancing", "all"):
-        experiment.balancing()
-    if args.only in ("seeds", "all"):
-        experiment.seeds()
-    if args.only in ("weighted", "all"):
-        experiment.class_weighted()
-    if args.only in ("ceiling", "all"):
-        experiment.ceiling()
-    if args.only in ("ensemble_teachers", "all"):
-        experiment.ensemble_teachers()
-    if args.only in ("limited", "all"):
-        experiment.limited_data()
-    if args.only in ("related", "all"):
-        experiment.related()
-    if args.only in ("warm_start", "all"):
-        experiment.warm_started()
-    if args.only in ("constant_teacher", "all"):
-        experiment.constant_teacher()
-    if args.only in ("more_seeds", "all"):
-        experiment.more_seeds()
+    for step, methods in STEPS.items():
+        if args.only in (step, "all"):
+            for method in methods:
+                getattr(experiment, method)()
     experiment.results["seconds"]["last_invocation"] = round(time.time() - started, 1)
     experiment.save()
     from report import write_report

@@ -24,6 +24,7 @@ from .sampling import SAMPLING_MODES
 DEFAULT_MAX_LENGTH = 128  # --max_length of a new model
 TRAINING_MODES = ("joint", "sequential")
 TEACHER_ANNEALING_MODES = ("linear", "constant")
+TEACHER_ROWS = ("labelled", "all")
 LOSS_BALANCING_MODES = ("static", "uncertainty")
 
 
@@ -188,6 +189,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
     distillation_weight: float = field(
         default=0.5, metadata={"help": "Teacher weight of --teacher_annealing constant, in [0, 1]."}
     )
+    teacher_rows: str = field(
+        default="labelled",
+        metadata={"help": "The rows each teacher labels: labelled (those with the task's gold label) or all (every "
+                          "training row, so each text also trains the heads of the other distilled tasks: multi-task "
+                          "self-training, Ghiasi et al. 2021).", "choices": TEACHER_ROWS},
+    )
     loss_balancing: str = field(
         default="static",
         metadata={"help": "static (--task_weights) or uncertainty (learned per-task weights, Kendall et al. 2018; "
@@ -270,6 +277,7 @@ class MultiTaskTrainingArguments(TrainingArguments):
         teacher_annealing_modes(self.teacher_annealing)
         if not 0 <= self.distillation_weight <= 1:
             raise ValueError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}.")
+        check_teacher_rows(self.teacher_rows)
         if self.loss_balancing not in LOSS_BALANCING_MODES:
             raise ValueError(f"--loss_balancing must be one of {', '.join(LOSS_BALANCING_MODES)}, got "
                              f"{self.loss_balancing!r}.")
@@ -396,6 +404,12 @@ def teacher_annealing_modes(items: Sequence[str] | None) -> dict[str | None, str
             item = mode if task is None else f"{task}={mode}"
             raise ValueError(f"--teacher_annealing must be one of {', '.join(TEACHER_ANNEALING_MODES)}, got {item!r}.")
     return modes
+
+
+def check_teacher_rows(rows: str) -> None:
+    """--teacher_rows is one of TEACHER_ROWS; an error names the bad value."""
+    if rows not in TEACHER_ROWS:
+        raise ValueError(f"--teacher_rows must be one of {', '.join(TEACHER_ROWS)}, got {rows!r}.")
 
 
 def teacher_annealing_of(items: Sequence[str] | None, task: str) -> str:

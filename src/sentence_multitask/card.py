@@ -70,8 +70,9 @@ def recipe_summary(args) -> dict[str, Any]:
                     for task in dict.fromkeys(item.partition("=")[0].strip() for item in args.teachers)}
         weight = (next(iter(per_task.values())) if len(set(per_task.values())) == 1
                   else ", ".join(f"{task} {text}" for task, text in per_task.items()))
+        rows = ", on every training row" if getattr(args, "teacher_rows", "labelled") == "all" else ""
         lines["teachers"] = (f"{', '.join(args.teachers)} (temperature {args.distillation_temperature}, teacher "
-                             f"weight {weight})")
+                             f"weight {weight}{rows})")
     if getattr(args, "loss_balancing", "static") != "static":
         lines["loss balancing"] = f"{args.loss_balancing} (learned task weights)"
     if getattr(args, "hp_search", 0):

@@ -42,7 +42,8 @@ TRAIN_GROUPS = {
               "trainable_encoder_layers"],
     "multi-task training": ["task_sampling", "sampling_temperature", "task_weights", "loss_balancing",
                             "training_mode", "primary_tasks", "head_learning_rate", "teachers",
-                            "distillation_temperature", "teacher_annealing", "distillation_weight", "hp_search"],
+                            "distillation_temperature", "teacher_annealing", "distillation_weight", "teacher_rows",
+                            "hp_search"],
     "training (Trainer options)": [
         "output_dir", "overwrite_model", "learning_rate", "num_train_epochs", "max_steps",
         "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "warmup_ratio",

@@ -2,7 +2,9 @@
 
 A teacher is any saved sentence-multitask model that has the task. Its labels are matched to the student's by name;
 its logits are computed once before training, for the rows labelled for the task (the rows whose gold label the
-distillation term sits beside), and stored as a `teacher_<task>` column of the training set (NaN on the other rows).
+distillation term sits beside) or for every row (`--teacher_rows all`: the other tasks' texts then train the task's
+head too, as multi-task self-training does, Ghiasi et al. 2021), and stored as a `teacher_<task>` column of the
+training set (NaN on the rows without).
 The collator puts them in the batch, so training runs no teacher forward pass. The loss of a distilled task is
 
     (1 - w) * supervised + w * task_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
@@ -28,7 +30,8 @@ import torch
 from torch import nn
 from transformers.utils.logging import tqdm
 
-from .arguments import TEACHER_ANNEALING_MODES, parse_key_values, teacher_annealing_modes, teacher_annealing_of
+from .arguments import (TEACHER_ANNEALING_MODES, check_teacher_rows, parse_key_values, teacher_annealing_modes,
+                        teacher_annealing_of)
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
 from .batching_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches
@@ -106,11 +109,11 @@ def check_teachers(teachers: Mapping[str, str | Sequence[str]], student_config,
 
 
 def teacher_logits_key(teacher: SentenceMultiTaskModel, task: str, order: Sequence[int], ids: Sequence[Sequence[int]],
-                       precision: str, device: torch.device) -> str:
+                       precision: str, device: torch.device, rows: str = "labelled") -> str:
     """What the teacher logits of `task` depend on, hashed: the teacher's weights and pooling, the label order, the
     token ids, the precision and the kind of device (a GPU's fp32 differs from a CPU's in the last bits)."""
-    # The first item names what a cached file holds (the logits of the labelled rows, in their order).
-    digest = hashlib.sha256(json.dumps(["labelled rows", task, list(order), teacher.config.pooling, precision,
+    # The first item names what a cached file holds (the logits of the labelled or of all rows, in their order).
+    digest = hashlib.sha256(json.dumps([f"{rows} rows", task, list(order), teacher.config.pooling, precision,
                                         device.type]).encode())
     for name, tensor in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
@@ -130,35 +133,37 @@ def teacher_logits_cache() -> str | None:
 
 def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str | Sequence[str]], student_config,
                        tokenizer, device: torch.device | str = "cpu", batch_size: int = 128,
-                       bf16: bool = False) -> datasets.Dataset:
+                       bf16: bool = False, rows: str = "labelled") -> datasets.Dataset:
     """`dataset` with a `teacher_<task>` column per task: its teacher's logits in the student's label order on the
-    rows labelled for the task, NaN on the others; with several teachers, the log of their mean probabilities (the
-    ensemble's distribution, as MT-DNN's distillation averages its teachers' soft targets). One batched,
-    length-sorted pass per teacher, under inference mode; each teacher's logits are cached (`teacher_logits_cache`),
-    so a later run with the same teacher and data reads them back."""
+    rows labelled for the task (`rows="labelled"`) or on every row (`rows="all"`), NaN on the others; with several
+    teachers, the log of their mean probabilities (the ensemble's distribution, as MT-DNN's distillation averages its
+    teachers' soft targets). One batched, length-sorted pass per teacher, under inference mode; each teacher's logits
+    are cached (`teacher_logits_cache`), so a later run with the same teacher and data reads them back."""
+    check_teacher_rows(rows)
     device = torch.device(device)
     for task, checked in check_teachers(teachers, student_config, tokenizer).items():
-        rows = np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task])))
-        ids = list(dataset.select(rows)["input_ids"]) if len(rows) else []
-        members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16)
+        chosen = (np.arange(len(dataset)) if rows == "all"
+                  else np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task]))))
+        ids = list(dataset.select(chosen)["input_ids"]) if len(chosen) else []
+        members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16, rows)
                    for source, order in checked]
         if len(members) > 1:  # log of the mean probability, finite however sure each teacher is
             log_probabilities = torch.stack([torch.from_numpy(member).log_softmax(-1) for member in members])
             members = [(torch.logsumexp(log_probabilities, 0) - math.log(len(members))).numpy()]
         logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)
-        logits[rows] = members[0]
+        logits[chosen] = members[0]
         dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
     return dataset
 
 
 def _cached_teacher_logits(source: str, task: str, order: list[int], ids: list, tokenizer, device: torch.device,
-                           batch_size: int, bf16: bool) -> np.ndarray:
+                           batch_size: int, bf16: bool, rows: str) -> np.ndarray:
     """One teacher's logits (see `_teacher_logits`), read from the cache where they are in it, else computed and
     written there."""
     cache = teacher_logits_cache()
     teacher = SentenceMultiTaskModel.from_pretrained(source).to(device).eval()
     path = cache and os.path.join(
-        cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device) + ".npy")
+        cache, teacher_logits_key(teacher, task, order, ids, "bf16" if bf16 else "fp32", device, rows) + ".npy")
     if path and os.path.isfile(path):
         try:
             logits = np.load(path)

@@ -148,7 +148,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         first = args.main_process_first(desc="teacher logits") if teacher_logits_cache() else contextlib.nullcontext()
         with first:
             data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
-                                            args.per_device_eval_batch_size, args.bf16)
+                                            args.per_device_eval_batch_size, args.bf16, args.teacher_rows)
     collator = DistillationCollator if teachers else MultiTaskCollator
     metrics = MultiTaskMetrics(data.tasks, model.config)
     if data.validation is not None and len(rows_with_labels(data.validation, list(data.tasks))) == 0:
