@@ -18,13 +18,19 @@
   all`), at all five seeds: each headline also trains the sentiment head on its teacher's soft labels, and each tweet
   the topic head, as multi-task self-training does (Ghiasi et al. 2021), so that learning one task on the shared
   encoder does not undo the other.
+- `run.py --only cross_fit`: the headline recipe distilled from cross-fitted teachers (`--teacher_folds`), at all five
+  seeds: per task, CROSS_FIT_FOLDS single-task models, the K-th trained without fold K of the training rows
+  (`--holdout_fold K/N`), each labelling only its held-out fold. A teacher's soft labels on the rows it trained on are
+  close to their gold labels (it has fitted them, noise included); on rows it never saw they say what a model of
+  this data believes of them. With two folds the teachers cost what the full-data ones do (each reads half the rows).
+  Beside it, the control: each single-task model distilled from the same teachers.
 
 `FullDataStudy` is a mixin of run.py's `Experiment`, whose files, results and runs it uses.
 """
 
 from __future__ import annotations
 
-from common import SEEDS, seed_suffix
+from common import SEEDS, TASKS, seed_suffix
 
 START_TASK = "sentiment"  # the task whose single-task model the multi-task model starts from
 CONSTANT_TEACHER_WEIGHTS = (0.5, 0.75)  # the runs of the first have no suffix for it
@@ -33,6 +39,8 @@ SENTIMENT_PRIOR_SCALE = 1.21 / 1.85  # sentiment's final learned weight, anneale
 PRIOR_RUN = "tuned_multitask_uncertainty_constant_sentiment_prior"
 EXTRA_SEEDS = (1, 2)  # `more_seeds`: two seeds more for the headline comparison and PRIOR_RUN
 ALL_ROWS_RUN = "tuned_multitask_uncertainty_all_rows"
+CROSS_FIT_FOLDS = 2
+CROSS_FIT_RUN = "tuned_multitask_uncertainty_cross_fit"
 
 
 class FullDataStudy:
@@ -99,3 +107,26 @@ class FullDataStudy:
         for seed in (*SEEDS, *EXTRA_SEEDS):
             self.train(f"{ALL_ROWS_RUN}{seed_suffix(seed)}", {**self.headline_options(), "teacher_rows": "all",
                                                                "seed": seed})
+
+    def cross_fit(self) -> None:
+        """The headline recipe distilled from cross-fitted teachers (CROSS_FIT_RUN) at every seed of SEEDS and
+        EXTRA_SEEDS, for the report to set beside the headline comparison of `more_seeds` (run that first: this step
+        needs neither its models nor the full-data teachers). The fold teachers (seed 42) are trained again where
+        their folders are missing."""
+        for seed in (*SEEDS, *EXTRA_SEEDS):
+            self.train(f"{CROSS_FIT_RUN}{seed_suffix(seed)}", {**self.cross_fit_options(), "seed": seed})
+        # The control: each single-task model distilled from the same teachers, with the same distillation options.
+        distillation = {key: self.cross_fit_options()[key] for key in ("distillation_temperature", "teacher_folds")}
+        for task in TASKS:
+            teachers = [f"{task}={self.fold_teacher(task, fold)}" for fold in range(CROSS_FIT_FOLDS)]
+            self.train(f"single_{task}_cross_fit", {**self.single_options(task), **distillation, "teachers": teachers})
+
+    def cross_fit_options(self) -> dict:
+        """The headline recipe with cross-fitted teachers (`fold_teacher`) instead of the full-data ones."""
+        teachers = [f"{task}={self.fold_teacher(task, fold)}" for task in TASKS for fold in range(CROSS_FIT_FOLDS)]
+        return {**self.headline_options(), "teachers": teachers, "teacher_folds": CROSS_FIT_FOLDS}
+
+    def fold_teacher(self, task: str, fold: int):
+        """The single-task model of `task` trained without fold `fold` of CROSS_FIT_FOLDS (`--holdout_fold`)."""
+        return self.kept_model(f"single_{task}_fold{fold}",
+                               {**self.single_options(task), "holdout_fold": f"{fold}/{CROSS_FIT_FOLDS}"})

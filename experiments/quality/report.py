@@ -47,6 +47,7 @@ SEED_SECTIONS = [  # (title, multi-task run): a report section per seeds_table b
      "tuned_multitask_uncertainty_constant_sentiment_prior"),
     ("The searched recipe with static task weights, both teachers annealed", "tuned_multitask"),
     ("Teachers on every training row", "tuned_multitask_uncertainty_all_rows"),
+    ("Cross-fitted teachers", "tuned_multitask_uncertainty_cross_fit"),
 ]
 FRACTIONS = ("0.01", "0.05", "0.2", "1.0")
 METHODS = (("single", "single-task sentiment"), ("joint", "joint multi-task"),

@@ -23,6 +23,7 @@
                                                                # for every task or for sentiment only
     python experiments/quality/run.py --only more_seeds    # the headline comparison at two seeds more
     python experiments/quality/run.py --only all_rows      # the headline recipe with teachers on every row, 5 seeds
+    python experiments/quality/run.py --only cross_fit     # the headline recipe with cross-fitted teachers, 5 seeds
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),
@@ -62,7 +63,7 @@ STEPS = {"main": ("main_table", "reproduce"), "distilled": ("distilled",), "sear
          "balancing": ("balancing",), "seeds": ("seeds",), "weighted": ("class_weighted",), "ceiling": ("ceiling",),
          "ensemble_teachers": ("ensemble_teachers",), "limited": ("limited_data",), "related": ("related",),
          "warm_start": ("warm_started",), "constant_teacher": ("constant_teacher",), "more_seeds": ("more_seeds",),
-         "all_rows": ("all_rows",)}
+         "all_rows": ("all_rows",), "cross_fit": ("cross_fit",)}
 MIN_STEPS = 150  # small training sets get enough epochs for this many optimizer steps
 SEARCH_TRIALS = 6  # Optuna trials per model, each on SEARCH_ROWS rows per training file, scored on the validation files
 SEARCH_ROWS = 2500

@@ -124,6 +124,9 @@ class DataArguments:
     max_length: int | None = field(default=None, metadata={
         "help": "Truncate texts to this many tokens (default 128; continuing from a saved model: its max_length)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per train file."})
+    holdout_fold: str | None = field(default=None, metadata={
+        "help": "K/N: train without fold K of N (rows assigned to folds by a hash of their text, so the same text is "
+                "always in the same fold): the training run of the K-th teacher of --teacher_folds N."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many rows per validation file."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenisation."})
 
@@ -140,6 +143,7 @@ class DataArguments:
             if value is not None and value < 1:
                 raise ValueError(f"--{option} must be at least 1 (rows per file), got {value}; leave it out to use "
                                  "every row.")
+        parse_holdout_fold(self.holdout_fold)
 
 
 @dataclass
@@ -194,6 +198,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
         metadata={"help": "The rows each teacher labels: labelled (those with the task's gold label) or all (every "
                           "training row, so each text also trains the heads of the other distilled tasks: multi-task "
                           "self-training, Ghiasi et al. 2021).", "choices": TEACHER_ROWS},
+    )
+    teacher_folds: int = field(
+        default=0,
+        metadata={"help": "Cross-fitted teachers: each distilled task names N teachers in --teachers, the K-th (from 0) "
+                          "trained with --holdout_fold K/N, and each labels only the rows of its held-out fold, so "
+                          "every soft label comes from a teacher that never saw the row (0: off; then several "
+                          "teachers of a task are an ensemble)."},
     )
     loss_balancing: str = field(
         default="static",
@@ -278,6 +289,8 @@ class MultiTaskTrainingArguments(TrainingArguments):
         if not 0 <= self.distillation_weight <= 1:
             raise ValueError(f"--distillation_weight must be in [0, 1], got {self.distillation_weight}.")
         check_teacher_rows(self.teacher_rows)
+        if self.teacher_folds < 0 or self.teacher_folds == 1:
+            raise ValueError(f"--teacher_folds is a number of folds, at least 2 (0: off), got {self.teacher_folds}.")
         if self.loss_balancing not in LOSS_BALANCING_MODES:
             raise ValueError(f"--loss_balancing must be one of {', '.join(LOSS_BALANCING_MODES)}, got "
                              f"{self.loss_balancing!r}.")
@@ -410,6 +423,20 @@ def check_teacher_rows(rows: str) -> None:
     """--teacher_rows is one of TEACHER_ROWS; an error names the bad value."""
     if rows not in TEACHER_ROWS:
         raise ValueError(f"--teacher_rows must be one of {', '.join(TEACHER_ROWS)}, got {rows!r}.")
+
+
+def parse_holdout_fold(value: str | None) -> tuple[int, int] | None:
+    """--holdout_fold K/N as (K, N), with 0 <= K < N and N >= 2; None when not given. An error names the bad value."""
+    if value is None:
+        return None
+    fold, sep, folds = str(value).partition("/")
+    try:
+        fold, folds = int(fold), int(folds)
+    except ValueError:
+        fold = folds = -1
+    if not sep or folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"--holdout_fold expects K/N with N >= 2 folds and 0 <= K < N (e.g. 0/2), got {value!r}.")
+    return fold, folds
 
 
 def teacher_annealing_of(items: Sequence[str] | None, task: str) -> str:

@@ -71,6 +71,8 @@ def recipe_summary(args) -> dict[str, Any]:
         weight = (next(iter(per_task.values())) if len(set(per_task.values())) == 1
                   else ", ".join(f"{task} {text}" for task, text in per_task.items()))
         rows = ", on every training row" if getattr(args, "teacher_rows", "labelled") == "all" else ""
+        if getattr(args, "teacher_folds", 0):
+            rows += f", cross-fitted over {args.teacher_folds} folds: each teacher labels the rows it did not train on"
         lines["teachers"] = (f"{', '.join(args.teachers)} (temperature {args.distillation_temperature}, teacher "
                              f"weight {weight}{rows})")
     if getattr(args, "loss_balancing", "static") != "static":

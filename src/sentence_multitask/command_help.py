@@ -37,12 +37,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 TRAIN_GROUPS = {
     "data": ["train_files", "validation_files", "tasks", "labels", "text_column", "label_columns", "task_types",
              "label_delimiter", "allow_empty_labels", "class_weights", "max_length", "dataset_names", "train_split",
-             "validation_split", "max_train_samples", "max_eval_samples", "preprocessing_num_workers"],
+             "validation_split", "max_train_samples", "max_eval_samples", "holdout_fold", "preprocessing_num_workers"],
     "model": ["encoder", "model", "head_hidden_size", "head_dropout", "pooling", "freeze_encoder",
               "trainable_encoder_layers"],
     "multi-task training": ["task_sampling", "sampling_temperature", "task_weights", "loss_balancing",
                             "training_mode", "primary_tasks", "head_learning_rate", "teachers",
                             "distillation_temperature", "teacher_annealing", "distillation_weight", "teacher_rows",
+                            "teacher_folds",
                             "hp_search"],
     "training (Trainer options)": [
         "output_dir", "overwrite_model", "learning_rate", "num_train_epochs", "max_steps",

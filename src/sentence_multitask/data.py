@@ -25,6 +25,7 @@ from . import REFERENCE_TASKS, task_labels
 from .arguments import DataArguments, parse_key_values, parse_labels
 from .configuration_sentence_multitask import MULTI_LABEL, REGRESSION, SINGLE_LABEL, SentenceMultiTaskConfig
 from .batching_sentence_multitask import max_tokens
+from .folds import FOLD_COLUMN, text_fold, without_fold
 from .inference_sentence_multitask import labelled
 
 logger = logging.getLogger(__name__)
@@ -329,9 +330,10 @@ class PreparedData:
 
 
 def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, list[str]] | None = None,
-                 given_types: dict[str, str] | None = None) -> PreparedData:
+                 given_types: dict[str, str] | None = None, folds: int = 0) -> PreparedData:
     """Load, check, label-encode and tokenise every source; concatenate them with a `source` column. `given_labels`
-    and `given_types`: a saved model's label lists and task types, unless the options give them anew."""
+    and `given_types`: a saved model's label lists and task types, unless the options give them anew. `folds`: the
+    training rows also get their `text_fold` of that many folds (FOLD_COLUMN), for --teacher_folds."""
     train_specs = parse_specs(data_args.train_files) + parse_specs(data_args.dataset_names, is_hub=True)
     validation_specs = parse_specs(data_args.validation_files)
     if data_args.dataset_names and data_args.validation_split:
@@ -366,6 +368,10 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         return loaded
 
     train_sources = load_all(train_specs, data_args.train_split, data_args.max_train_samples)
+    if data_args.holdout_fold:
+        holdout = data_args.holdout_fold
+        train_sources = [(spec, without_fold(spec.name, dataset, data_args.text_column, holdout), columns)
+                         for spec, dataset, columns in train_sources]
     validation_sources = load_all(validation_specs, data_args.validation_split or "validation", data_args.max_eval_samples)
     types = task_labels.detect_types(train_sources, tasks, given_types)
     for sources, split in ((train_sources, data_args.train_split),
@@ -375,7 +381,7 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
     labels = infer_labels(train_sources, tasks, label_spec, types, delimiters)
     train_rows: dict[str, list] = {task: [] for task in labels}
 
-    def build(sources, split):
+    def build(sources, split, folds=0):
         parts = []
         for number, (spec, dataset, columns) in enumerate(sources):
             ids = encode_labels(spec, dataset, columns, labels, data_args.text_column, split, types, delimiters,
@@ -389,6 +395,8 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
                             f"{columns[task]!r} or do not assign the task to this file."
                         )
             table = {"text": dataset[data_args.text_column], "source": [number] * len(dataset)}
+            if folds:
+                table[FOLD_COLUMN] = [text_fold(text, folds) for text in table["text"]]
             for task in labels:
                 missing = IGNORE if types[task] == SINGLE_LABEL else [task_labels.NAN] * len(labels[task])
                 table[LABEL_PREFIX + task] = ids.get(task, [missing] * len(dataset))
@@ -405,13 +413,14 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
             new_fingerprint=generate_random_fingerprint(),
         )
 
-    train = build(train_sources, data_args.train_split)
+    train = build(train_sources, data_args.train_split, folds)
     validation = build(validation_sources, data_args.validation_split or "validation") if validation_sources else None
     description = {}
     for task in labels:
         files = [f"{Path(spec.source).name if not spec.is_hub else spec.source} ({len(dataset)} rows)"
                  for spec, dataset, columns in train_sources if task in columns]
-        description[task] = "trained on " + ", ".join(files)
+        held_out = f", without fold {data_args.holdout_fold} (--holdout_fold)" if data_args.holdout_fold else ""
+        description[task] = "trained on " + ", ".join(files) + held_out
     validation_description = {
         task: ", ".join(Path(spec.source).name if not spec.is_hub else spec.source
                         for spec, _, columns in validation_sources if task in columns)

@@ -4,7 +4,9 @@ A teacher is any saved sentence-multitask model that has the task. Its labels ar
 its logits are computed once before training, for the rows labelled for the task (the rows whose gold label the
 distillation term sits beside) or for every row (`--teacher_rows all`: the other tasks' texts then train the task's
 head too, as multi-task self-training does, Ghiasi et al. 2021), and stored as a `teacher_<task>` column of the
-training set (NaN on the rows without).
+training set (NaN on the rows without). With `--teacher_folds N` a task's N teachers are cross-fitted: the K-th was
+trained without fold K of the rows (`--holdout_fold K/N`) and labels only that fold, so no soft label comes from a
+teacher that saw its row.
 The collator puts them in the batch, so training runs no teacher forward pass. The loss of a distilled task is
 
     (1 - w) * supervised + w * task_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
@@ -34,6 +36,7 @@ from .arguments import (TEACHER_ANNEALING_MODES, check_teacher_rows, parse_key_v
                         teacher_annealing_of)
 from .configuration_sentence_multitask import SINGLE_LABEL, SentenceMultiTaskConfig
 from .data import LABEL_PREFIX, MultiTaskCollator
+from .folds import FOLD_COLUMN
 from .batching_sentence_multitask import CPU_BATCH_TOKENS, length_sorted_batches
 from .inference_sentence_multitask import labelled, load_tokenizer, not_a_model_folder
 from .modeling_sentence_multitask import SentenceMultiTaskModel
@@ -58,6 +61,20 @@ def parse_teachers(items: Sequence[str] | None) -> dict[str, list[str]]:
                                     "sentence-multitask model (or its Hub id).")
         teachers.setdefault(task, []).append(source)
     return teachers
+
+
+def check_teacher_folds(teachers: Mapping[str, Sequence[str]], folds: int) -> None:
+    """With --teacher_folds N, every distilled task names N teachers (the K-th trained with --holdout_fold K/N); an
+    error names the task and how many it has. Checked before any data is read."""
+    if not folds:
+        return
+    if not teachers:
+        raise ValueError(f"--teacher_folds {folds} needs --teachers: name {folds} teachers per distilled task.")
+    for task, sources in teachers.items():
+        if len(sources) != folds:
+            raise ValueError(f"--teacher_folds {folds}: --teachers names {len(sources)} teacher(s) of {task!r}; name "
+                             f"{folds}, in fold order: {task}=MODEL_0 ... where MODEL_K was trained with "
+                             f"--holdout_fold K/{folds}.")
 
 
 def teacher_sources(teachers: Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
@@ -133,27 +150,40 @@ def teacher_logits_cache() -> str | None:
 
 def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str | Sequence[str]], student_config,
                        tokenizer, device: torch.device | str = "cpu", batch_size: int = 128,
-                       bf16: bool = False, rows: str = "labelled") -> datasets.Dataset:
+                       bf16: bool = False, rows: str = "labelled", folds: int = 0) -> datasets.Dataset:
     """`dataset` with a `teacher_<task>` column per task: its teacher's logits in the student's label order on the
     rows labelled for the task (`rows="labelled"`) or on every row (`rows="all"`), NaN on the others; with several
     teachers, the log of their mean probabilities (the ensemble's distribution, as MT-DNN's distillation averages its
-    teachers' soft targets). One batched, length-sorted pass per teacher, under inference mode; each teacher's logits
+    teachers' soft targets), or with `folds` (--teacher_folds; the dataset has a FOLD_COLUMN) the K-th teacher's logits
+    on the rows of fold K. One batched, length-sorted pass per teacher, under inference mode; each teacher's logits
     are cached (`teacher_logits_cache`), so a later run with the same teacher and data reads them back."""
     check_teacher_rows(rows)
+    check_teacher_folds(teacher_sources(teachers), folds)
     device = torch.device(device)
+    fold_of = np.asarray(dataset[FOLD_COLUMN]) if folds else None
     for task, checked in check_teachers(teachers, student_config, tokenizer).items():
         chosen = (np.arange(len(dataset)) if rows == "all"
                   else np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task]))))
-        ids = list(dataset.select(chosen)["input_ids"]) if len(chosen) else []
-        members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16, rows)
-                   for source, order in checked]
-        if len(members) > 1:  # log of the mean probability, finite however sure each teacher is
-            log_probabilities = torch.stack([torch.from_numpy(member).log_softmax(-1) for member in members])
-            members = [(torch.logsumexp(log_probabilities, 0) - math.log(len(members))).numpy()]
         logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)
-        logits[chosen] = members[0]
+        # Each teacher's rows: all chosen ones (an ensemble), or those of its own held-out fold (cross-fitted).
+        parts = [chosen if fold_of is None else chosen[fold_of[chosen] == fold] for fold in range(len(checked))]
+        members = [_cached_teacher_logits(source, task, order, _token_ids(dataset, part), tokenizer, device,
+                                          batch_size, bf16, rows) for (source, order), part in zip(checked, parts)]
+        if fold_of is not None:
+            for part, member in zip(parts, members):
+                logits[part] = member
+        else:
+            if len(members) > 1:  # log of the mean probability, finite however sure each teacher is
+                log_probabilities = torch.stack([torch.from_numpy(member).log_softmax(-1) for member in members])
+                members = [(torch.logsumexp(log_probabilities, 0) - math.log(len(members))).numpy()]
+            logits[chosen] = members[0]
         dataset = dataset.add_column(TEACHER_PREFIX + task, logits.tolist())
     return dataset
+
+
+def _token_ids(dataset: datasets.Dataset, rows: np.ndarray) -> list:
+    """The token ids of `rows` of `dataset`."""
+    return list(dataset.select(rows)["input_ids"]) if len(rows) else []
 
 
 def _cached_teacher_logits(source: str, task: str, order: list[int], ids: list, tokenizer, device: torch.device,

@@ -31,8 +31,8 @@ from .arguments import (
 from .card import training_summary
 from .checkpoints import PHASE_FOLDERS, check_output_dir, check_steps_left, resume_plan, save_model_atomically
 from .data import MultiTaskCollator, prepare_data, rows_with_labels, usable_max_length
-from .distillation import (DistillationCollator, add_teacher_logits, parse_teachers, task_teacher_annealing,
-                           teacher_logits_cache)
+from .distillation import (DistillationCollator, add_teacher_logits, check_teacher_folds, parse_teachers,
+                           task_teacher_annealing, teacher_logits_cache)
 from .metrics import MultiTaskMetrics, check_metric_for_best_model, tune_model_thresholds
 from .modeling_sentence_multitask import default_encoder, load_tokenizer
 from .trainer import CheckpointCard, HubPush, MultiTaskTrainer
@@ -119,6 +119,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     weights = parse_task_weights(args.task_weights)
     teachers = parse_teachers(args.teachers)
     task_teacher_annealing(args.teacher_annealing, teachers)
+    check_teacher_folds(teachers, args.teacher_folds)
     check_model_sources(model_args)
 
     # Tokenizer first (cheap), so that data errors surface before the encoder's weights are loaded.
@@ -129,7 +130,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
     encoder_config = saved.encoder if saved else AutoConfig.from_pretrained(source)
     requested = data_args.max_length or (saved.max_length if saved else DEFAULT_MAX_LENGTH)
     data_args.max_length = usable_max_length(requested, encoder_config, tokenizer)
-    data = prepare_data(data_args, tokenizer, saved.tasks if saved else None, saved.task_types if saved else None)
+    data = prepare_data(data_args, tokenizer, saved.tasks if saved else None, saved.task_types if saved else None,
+                        args.teacher_folds)
     logger.info("Tasks: %s; %d training rows from %d source(s)", data.tasks, len(data.train), len(data.train_sizes))
 
     def make_model(task_weights: dict[str, float]):
@@ -148,7 +150,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         first = args.main_process_first(desc="teacher logits") if teacher_logits_cache() else contextlib.nullcontext()
         with first:
             data.train = add_teacher_logits(data.train, teachers, model.config, tokenizer, args.device,
-                                            args.per_device_eval_batch_size, args.bf16, args.teacher_rows)
+                                            args.per_device_eval_batch_size, args.bf16, args.teacher_rows,
+                                            args.teacher_folds)
     collator = DistillationCollator if teachers else MultiTaskCollator
     metrics = MultiTaskMetrics(data.tasks, model.config)
     if data.validation is not None and len(rows_with_labels(data.validation, list(data.tasks))) == 0:
