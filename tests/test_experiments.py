@@ -134,13 +134,13 @@ def test_quality_experiment_smoke(tmp_path, tiny_encoder, monkeypatch):
                         "output_dir": "runs/tuned_multitask_uncertainty_all_rows_seed1/model"}
     assert "## Teachers on every training row" in report
     # Cross-fitted teachers: per task, two single-task models, each trained without one fold, stand for the two
-    # full-data teachers of the headline run (seed 2 here); nothing else changes.
-    cross_fit = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_cross_fit_seed2" / "options.json")
+    # full-data teachers of the headline run (seed 7 here); nothing else changes.
+    cross_fit = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_cross_fit_seed7" / "options.json")
                            .read_text())
-    headline = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_seed2" / "options.json").read_text())
+    headline = json.loads((tmp_path / "runs" / "tuned_multitask_uncertainty_seed7" / "options.json").read_text())
     folds = [f"{task}=runs/single_{task}_fold{fold}/model" for task in ("topic", "sentiment") for fold in (0, 1)]
     assert cross_fit == {**headline, "teachers": folds, "teacher_folds": 2,
-                         "output_dir": "runs/tuned_multitask_uncertainty_cross_fit_seed2/model"}
+                         "output_dir": "runs/tuned_multitask_uncertainty_cross_fit_seed7/model"}
     teacher = json.loads((tmp_path / "runs" / "single_sentiment_fold1" / "options.json").read_text())
     assert teacher["holdout_fold"] == "1/2" and teacher["tasks"] == ["sentiment"] and teacher["seed"] == 42
     assert "## Cross-fitted teachers" in report

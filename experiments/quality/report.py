@@ -34,6 +34,10 @@ MAIN_ROWS = [
     ("single_sentiment_continued", "fine-tuned single-task model: sentiment, continued 2 epochs more on its own"),
     ("ensemble_sentiment", "mean probabilities of three single-task sentiment models (seeds 42, 7, 13; three "
                            "encoders)"),
+    *((f"single_{task}_fold{fold}", f"fine-tuned single-task model: {task}, without fold {fold} of 2 (a cross-fitted "
+                                    "teacher)") for task in ("topic", "sentiment") for fold in (0, 1)),
+    *((f"single_{task}_cross_fit", f"fine-tuned single-task model: {task}, distilled from its cross-fitted teachers")
+      for task in ("topic", "sentiment")),
 ]
 SEED_SECTIONS = [  # (title, multi-task run): a report section per seeds_table beside the single-task models
     ("Seeds", "tuned_multitask_uncertainty"),
@@ -105,7 +109,20 @@ def seeds_table(results: dict, multitask: str = "tuned_multitask_uncertainty") -
     if len(values) < 2:
         return ""
     lines.append("| mean | " + " | ".join(f"{value:.4f}" for value in np.mean(values, axis=0)) + " |")
+    gaps = 100 * (np.asarray(values)[:, 3:] - np.asarray(values)[:, :3])  # multi-task minus single-task, same seed
+    lines.append("| multi-task minus single-task, points (95 % interval over seeds) | | | | " +
+                 " | ".join(difference_interval(gap) for gap in gaps.T) + " |")
     return "\n".join(lines)
+
+
+def difference_interval(gaps: np.ndarray) -> str:
+    """The mean of per-seed differences with its 95 % Student-t interval, e.g. `-0.23 (-0.71, +0.25)`: how far the
+    seeds alone leave the true difference open (the validation files are the same for every seed)."""
+    from scipy import stats
+
+    mean = float(np.mean(gaps))
+    half = float(stats.t.ppf(0.975, len(gaps) - 1) * np.std(gaps, ddof=1) / np.sqrt(len(gaps)))
+    return f"{mean:+.2f} ({mean - half:+.2f}, {mean + half:+.2f})"
 
 
 def per_class_table(results: dict) -> str:
