@@ -31,9 +31,12 @@ def write_file(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
-def test_a_text_is_in_one_fold_whatever_its_row_and_the_folds_are_balanced():
-    assert all(text_fold(text, 3) == text_fold(str(text), 3) for text in TEXTS)
-    assert [text_fold(text, 2) for text in TEXTS] == [text_fold(text, 2) for text in list(TEXTS)]
+def test_a_text_is_in_the_same_fold_in_every_process_and_the_folds_are_balanced():
+    # Pinned: a hash that changed between processes or releases (Python's hash()) would mix the teachers' folds.
+    texts = ["the team won today", "the app crashed again", "my phone broke at last", "headline number 7", "x",
+             "é unicode"]
+    assert [text_fold(text, 2) for text in texts] == [0, 1, 1, 0, 1, 0]
+    assert [text_fold(text, 5) for text in texts] == [4, 2, 4, 4, 3, 4]
     many = [text_fold(f"headline number {number}", 2) for number in range(2000)]
     assert set(many) == {0, 1} and 900 < sum(many) < 1100
     assert {text_fold(f"text {number}", 5) for number in range(200)} == set(range(5))
@@ -50,6 +53,12 @@ def test_holdout_fold_trains_without_exactly_its_fold(tmp_path, tiny_encoder):
     data = prepare_data(args, tokenizer)
     assert len(data.train) == sum(text_fold(text, 2) != 1 for text in TEXTS)
     assert f"({len(data.train)} rows), without fold 1/2 (--holdout_fold)" in data.description["topic"]
+    # A label only the held-out fold has is still one of the model's labels (every fold's model gets the same list).
+    rare = {"text": "the doctor changed my medicine", "topic": "health", "sentiment": "positive"}
+    assert text_fold(rare["text"], 2) == 1
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(rare) + "\n")
+    assert prepare_data(args, tokenizer).tasks["topic"] == ["health", "sports", "tech"]
     with pytest.raises(ValueError, match="one.jsonl: --holdout_fold .* leaves no row of its 1"):
         without_fold("one.jsonl", datasets.Dataset.from_dict({"text": ["x"]}), "text", f"{text_fold('x', 2)}/2")
 
@@ -77,7 +86,9 @@ def test_each_cross_fitted_teacher_labels_only_its_held_out_fold(tmp_path, tiny_
     for fold in (0, 1):
         torch.manual_seed(fold)
         teachers.append(str(tmp_path / f"teacher{fold}"))
-        SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"topic": TASKS["topic"]}).save_pretrained(teachers[-1])
+        teacher = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks={"topic": TASKS["topic"]})
+        teacher.config.holdout_fold = f"{fold}/2"  # as training with --holdout_fold records it
+        teacher.save_pretrained(teachers[-1])
     student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config
     labels = [IGNORE if number % 5 == 0 else number % 2 for number in range(len(TEXTS))]
     folds = [text_fold(text, 2) for text in TEXTS]
@@ -93,6 +104,12 @@ def test_each_cross_fitted_teacher_labels_only_its_held_out_fold(tmp_path, tiny_
             np.testing.assert_allclose(crossed[row], alone[fold][row], atol=1e-5)
             assert not np.allclose(crossed[row], alone[1 - fold][row], atol=1e-3)
     assert {0, 1} <= {fold for label, fold in zip(labels, folds) if label != IGNORE}
+    # Named out of fold order, each would label the rows it trained on: refused, naming the teacher.
+    with pytest.raises(ValueError, match=r"teacher 0 of 'topic' \(.*teacher1\) was trained with --holdout_fold 1/2, "
+                                         r"not 0/2; name the teachers of each task in fold order"):
+        add_teacher_logits(data, {"topic": teachers[::-1]}, student, tokenizer, folds=2)
+    with pytest.raises(ValueError, match="was trained with --holdout_fold 0/2, not 0/3"):
+        add_teacher_logits(data, {"topic": [*teachers, teachers[0]]}, student, tokenizer, folds=3)
 
 
 def test_training_with_cross_fitted_teachers_end_to_end(tmp_path, tiny_encoder):
@@ -102,6 +119,11 @@ def test_training_with_cross_fitted_teachers_end_to_end(tmp_path, tiny_encoder):
               "--report_to", "none", "--disable_tqdm", "true"]
     for fold in (0, 1):
         main(["train", *common, "--holdout_fold", f"{fold}/2", "--output_dir", str(tmp_path / f"teacher{fold}")])
+    assert SentenceMultiTaskModel.from_pretrained(tmp_path / "teacher1").config.holdout_fold == "1/2"
+    main(["train", *common, "--output_dir", str(tmp_path / "full")])
+    with pytest.raises(SystemExit, match=r"teacher 1 of 'topic' \(.*full\) was trained without --holdout_fold"):
+        main(["train", *common, "--teachers", f"topic={tmp_path / 'teacher0'}", f"topic={tmp_path / 'full'}",
+              "--teacher_folds", "2", "--output_dir", str(tmp_path / "y")])
     teachers = [f"{task}={tmp_path / f'teacher{fold}'}" for task in TASKS for fold in (0, 1)]
     with pytest.raises(SystemExit, match="names 2 teacher"):
         main(["train", *common, "--teachers", *teachers, "--teacher_folds", "3", "--output_dir", str(tmp_path / "x")])

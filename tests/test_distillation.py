@@ -247,7 +247,7 @@ def test_an_ensemble_of_very_sure_teachers_gives_finite_logits_and_loss(monkeypa
     members = iter([np.array([[60.0, -60.0]], dtype=np.float32), np.array([[70.0, -50.0]], dtype=np.float32)])
     monkeypatch.setattr(distillation, "_cached_teacher_logits", lambda *args: next(members))
     monkeypatch.setattr(distillation, "check_teachers",
-                        lambda teachers, config, tokenizer: {"sentiment": [("a", [0, 1]), ("b", [0, 1])]})
+                        lambda teachers, config, tokenizer, folds=0: {"sentiment": [("a", [0, 1]), ("b", [0, 1])]})
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
     data = datasets.Dataset.from_dict({**tokenizer(["what a joy"]), LABEL_PREFIX + "sentiment": [0]})
     student = SentenceMultiTaskModel.from_encoder(tiny_encoder, tasks=TASKS).config

@@ -64,6 +64,9 @@ class SentenceMultiTaskConfig(PretrainedConfig):
             Weight of each task's loss in the total loss; missing tasks weigh 1.0.
         max_length (`int`, *optional*, defaults to 256):
             Number of tokens a text is truncated to by `encode` and `predict`.
+        holdout_fold (`str`, *optional*):
+            `"K/N"` for a model trained without fold K of N of its training rows (`--holdout_fold`); a student's
+            `--teacher_folds N` checks that its K-th teacher has it. Like `finetuning_task`, a record of training.
 
     Example:
 
@@ -91,6 +94,7 @@ class SentenceMultiTaskConfig(PretrainedConfig):
     thresholds: dict | None = None
     target_stats: dict | None = None
     class_weights: dict | None = None
+    holdout_fold: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

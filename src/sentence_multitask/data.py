@@ -368,10 +368,6 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         return loaded
 
     train_sources = load_all(train_specs, data_args.train_split, data_args.max_train_samples)
-    if data_args.holdout_fold:
-        holdout = data_args.holdout_fold
-        train_sources = [(spec, without_fold(spec.name, dataset, data_args.text_column, holdout), columns)
-                         for spec, dataset, columns in train_sources]
     validation_sources = load_all(validation_specs, data_args.validation_split or "validation", data_args.max_eval_samples)
     types = task_labels.detect_types(train_sources, tasks, given_types)
     for sources, split in ((train_sources, data_args.train_split),
@@ -379,6 +375,10 @@ def prepare_data(data_args: DataArguments, tokenizer, given_labels: dict[str, li
         for spec, dataset, columns in sources:
             check_label_types(spec, dataset, columns, split, types)
     labels = infer_labels(train_sources, tasks, label_spec, types, delimiters)
+    if data_args.holdout_fold:  # after the labels and types: every fold's model gets the same label list
+        holdout = data_args.holdout_fold
+        train_sources = [(spec, without_fold(spec.name, dataset, data_args.text_column, holdout), columns)
+                         for spec, dataset, columns in train_sources]
     train_rows: dict[str, list] = {task: [] for task in labels}
 
     def build(sources, split, folds=0):

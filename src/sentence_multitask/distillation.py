@@ -99,11 +99,11 @@ def teacher_label_order(teacher_config, task: str, labels: Sequence[str], source
     return [theirs.index(label) for label in labels]
 
 
-def check_teachers(teachers: Mapping[str, str | Sequence[str]], student_config,
-                   tokenizer) -> dict[str, list[tuple[str, list[int]]]]:
+def check_teachers(teachers: Mapping[str, str | Sequence[str]], student_config, tokenizer,
+                   folds: int = 0) -> dict[str, list[tuple[str, list[int]]]]:
     """Load each teacher's config and check it against the student (task, single-label type, label names,
-    vocabulary) before any teacher weights are read; returns each task's teachers with their label order
-    (`teacher_label_order`)."""
+    vocabulary; with `folds`, its --holdout_fold) before any teacher weights are read; returns each task's teachers
+    with their label order (`teacher_label_order`)."""
     checked: dict[str, list[tuple[str, list[int]]]] = {}
     for task, source in ((task, source) for task, sources in teacher_sources(teachers).items() for source in sources):
         if task not in student_config.tasks:
@@ -121,8 +121,22 @@ def check_teachers(teachers: Mapping[str, str | Sequence[str]], student_config,
             raise ValueError(f"--teachers {task}={source}: its tokenizer's vocabulary differs from the student's; "
                              "the teacher reads the student's token ids, so give a teacher trained from the same "
                              "encoder family.")
+        if folds:
+            check_teacher_fold(task, source, config, len(checked.get(task, [])), folds)
         checked.setdefault(task, []).append((source, order))
     return checked
+
+
+def check_teacher_fold(task: str, source: str, config, fold: int, folds: int) -> None:
+    """The `fold`-th teacher of `task` under --teacher_folds `folds` was trained with --holdout_fold fold/folds: a
+    teacher named out of order would label rows it trained on."""
+    expected = f"{fold}/{folds}"
+    held_out = getattr(config, "holdout_fold", None)
+    if held_out != expected:
+        trained = f"with --holdout_fold {held_out}" if held_out else "without --holdout_fold"
+        raise ValueError(f"--teacher_folds {folds}: teacher {fold} of {task!r} ({source}) was trained {trained}, not "
+                         f"{expected}; name the teachers of each task in fold order (the K-th trained with "
+                         f"--holdout_fold K/{folds}), or train that one with --holdout_fold {expected}.")
 
 
 def teacher_logits_key(teacher: SentenceMultiTaskModel, task: str, order: Sequence[int], ids: Sequence[Sequence[int]],
@@ -161,7 +175,7 @@ def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str | S
     check_teacher_folds(teacher_sources(teachers), folds)
     device = torch.device(device)
     fold_of = np.asarray(dataset[FOLD_COLUMN]) if folds else None
-    for task, checked in check_teachers(teachers, student_config, tokenizer).items():
+    for task, checked in check_teachers(teachers, student_config, tokenizer, folds).items():
         chosen = (np.arange(len(dataset)) if rows == "all"
                   else np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task]))))
         logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)

@@ -138,6 +138,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: MultiTaskT
         model = build_model(model_args, data.tasks, task_weights or None, data.heads)
         model.tokenizer = tokenizer
         model.config.max_length = data_args.max_length  # predict/encode truncate as training did
+        model.config.holdout_fold = data_args.holdout_fold  # checked by a student's --teacher_folds
         if model_args.freeze_encoder:
             model.encoder.requires_grad_(False)
         if model_args.trainable_encoder_layers is not None:
