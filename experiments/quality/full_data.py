@@ -112,20 +112,19 @@ class FullDataStudy:
     def cross_fit(self) -> None:
         """The headline recipe distilled from cross-fitted teachers (CROSS_FIT_RUN) at each of CROSS_FIT_SEEDS, for the
         report to set beside the headline comparison of `more_seeds` (run that first: this step needs neither its
-        models nor the full-data teachers). The fold teachers (seed 42) are trained again where their folders are
-        missing."""
+        models nor the full-data teachers); then the control, each single-task model distilled from the same
+        teachers with the same distillation options. The fold teachers (seed 42) are trained again where their folders
+        are missing."""
+        teachers = {task: [f"{task}={self.fold_teacher(task, fold)}" for fold in range(CROSS_FIT_FOLDS)]
+                    for task in TASKS}
+        both = {**self.headline_options(), "teachers": [item for items in teachers.values() for item in items],
+                "teacher_folds": CROSS_FIT_FOLDS}
         for seed in CROSS_FIT_SEEDS:
-            self.train(f"{CROSS_FIT_RUN}{seed_suffix(seed)}", {**self.cross_fit_options(), "seed": seed})
-        # The control: each single-task model distilled from the same teachers, with the same distillation options.
-        distillation = {key: self.cross_fit_options()[key] for key in ("distillation_temperature", "teacher_folds")}
+            self.train(f"{CROSS_FIT_RUN}{seed_suffix(seed)}", {**both, "seed": seed})
+        distillation = {key: both[key] for key in ("distillation_temperature", "teacher_folds")}
         for task in TASKS:
-            teachers = [f"{task}={self.fold_teacher(task, fold)}" for fold in range(CROSS_FIT_FOLDS)]
-            self.train(f"single_{task}_cross_fit", {**self.single_options(task), **distillation, "teachers": teachers})
-
-    def cross_fit_options(self) -> dict:
-        """The headline recipe with cross-fitted teachers (`fold_teacher`) instead of the full-data ones."""
-        teachers = [f"{task}={self.fold_teacher(task, fold)}" for task in TASKS for fold in range(CROSS_FIT_FOLDS)]
-        return {**self.headline_options(), "teachers": teachers, "teacher_folds": CROSS_FIT_FOLDS}
+            self.train(f"single_{task}_cross_fit", {**self.single_options(task), **distillation,
+                                                    "teachers": teachers[task]})
 
     def fold_teacher(self, task: str, fold: int):
         """The single-task model of `task` trained without fold `fold` of CROSS_FIT_FOLDS (`--holdout_fold`)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import seed_suffix
+from common import TASKS, seed_suffix
+from full_data import CROSS_FIT_FOLDS
 
 MAIN_ROWS = [
     ("tfidf_logreg", "TF-IDF (1-2 grams) + logistic regression, per task"),
@@ -34,10 +35,10 @@ MAIN_ROWS = [
     ("single_sentiment_continued", "fine-tuned single-task model: sentiment, continued 2 epochs more on its own"),
     ("ensemble_sentiment", "mean probabilities of three single-task sentiment models (seeds 42, 7, 13; three "
                            "encoders)"),
-    *((f"single_{task}_fold{fold}", f"fine-tuned single-task model: {task}, without fold {fold} of 2 (a cross-fitted "
-                                    "teacher)") for task in ("topic", "sentiment") for fold in (0, 1)),
+    *((f"single_{task}_fold{fold}", f"fine-tuned single-task model: {task}, without fold {fold} of {CROSS_FIT_FOLDS} "
+                                    "(a cross-fitted teacher)") for task in TASKS for fold in range(CROSS_FIT_FOLDS)),
     *((f"single_{task}_cross_fit", f"fine-tuned single-task model: {task}, distilled from its cross-fitted teachers")
-      for task in ("topic", "sentiment")),
+      for task in TASKS),
 ]
 SEED_SECTIONS = [  # (title, multi-task run): a report section per seeds_table beside the single-task models
     ("Seeds", "tuned_multitask_uncertainty"),

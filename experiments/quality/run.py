@@ -23,7 +23,7 @@
                                                                # for every task or for sentiment only
     python experiments/quality/run.py --only more_seeds    # the headline comparison at two seeds more
     python experiments/quality/run.py --only all_rows      # the headline recipe with teachers on every row, 5 seeds
-    python experiments/quality/run.py --only cross_fit     # the headline recipe with cross-fitted teachers, 5 seeds
+    python experiments/quality/run.py --only cross_fit     # the headline recipe with cross-fitted teachers, 2 seeds
     python experiments/quality/run.py --smoke --out /tmp/q  # tiny slice, for the test that keeps this from rotting
 
 Every fine-tuning run is `sentence-multitask train OPTIONS.json` in its own process (`--in_process`: in this one),

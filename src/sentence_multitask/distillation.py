@@ -179,14 +179,15 @@ def add_teacher_logits(dataset: datasets.Dataset, teachers: Mapping[str, str | S
         chosen = (np.arange(len(dataset)) if rows == "all"
                   else np.flatnonzero(labelled(np.asarray(dataset[LABEL_PREFIX + task]))))
         logits = np.full((len(dataset), len(checked[0][1])), np.nan, dtype=np.float32)
-        # Each teacher's rows: all chosen ones (an ensemble), or those of its own held-out fold (cross-fitted).
-        parts = [chosen if fold_of is None else chosen[fold_of[chosen] == fold] for fold in range(len(checked))]
-        members = [_cached_teacher_logits(source, task, order, _token_ids(dataset, part), tokenizer, device,
-                                          batch_size, bf16, rows) for (source, order), part in zip(checked, parts)]
-        if fold_of is not None:
-            for part, member in zip(parts, members):
-                logits[part] = member
-        else:
+        if fold_of is not None:  # cross-fitted: each teacher labels the chosen rows of its own held-out fold
+            for fold, (source, order) in enumerate(checked):
+                part = chosen[fold_of[chosen] == fold]
+                logits[part] = _cached_teacher_logits(source, task, order, _token_ids(dataset, part), tokenizer,
+                                                      device, batch_size, bf16, rows)
+        else:  # one teacher, or an ensemble, on every chosen row
+            ids = _token_ids(dataset, chosen)
+            members = [_cached_teacher_logits(source, task, order, ids, tokenizer, device, batch_size, bf16, rows)
+                       for source, order in checked]
             if len(members) > 1:  # log of the mean probability, finite however sure each teacher is
                 log_probabilities = torch.stack([torch.from_numpy(member).log_softmax(-1) for member in members])
                 members = [(torch.logsumexp(log_probabilities, 0) - math.log(len(members))).numpy()]
